@@ -1,0 +1,128 @@
+"""A paired dataset on disk: ``<data_root>/raw/<dataset>/info.csv`` plus the files it names.
+
+info.csv needs ``id,audio_filename,midi_filename``; every other column is kept with its type.
+Paths are relative to the dataset folder and must stay inside it. Validation collects every
+problem before any work starts, naming the offending rows (1-based line numbers of the file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import pandas as pd
+
+REQUIRED_COLUMNS = ("id", "audio_filename", "midi_filename")
+PATH_COLUMNS = ("audio_filename", "midi_filename")
+MAX_LISTED = 10
+
+
+class InfoCsvError(ValueError):
+    """info.csv is unusable; the message lists every problem found."""
+
+
+def dataset_dir(data_root, dataset: str) -> Path:
+    return Path(data_root) / "raw" / dataset
+
+
+def embeddings_dir(data_root, dataset: str) -> Path:
+    return Path(data_root) / "embeddings" / dataset
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _line_list(lines) -> str:
+    lines = list(lines)
+    shown = ", ".join(str(n) for n in lines[:MAX_LISTED])
+    return shown + (f" and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else "")
+
+
+def unsafe_path_reason(root: Path, relative: str) -> str | None:
+    """Why ``relative`` may not be used under ``root`` (absolute, escapes with .., or via a link), else None."""
+    if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).is_absolute() or PureWindowsPath(relative).drive:
+        return "is an absolute path"
+    if ".." in PurePosixPath(relative.replace("\\", "/")).parts:
+        return "contains '..'"
+    resolved = (root / relative).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        return "resolves outside the dataset folder (symbolic link)"
+    return None
+
+
+def resolve_item_path(root: Path, relative: str) -> Path:
+    reason = unsafe_path_reason(root, relative)
+    if reason:
+        raise InfoCsvError(f"path {relative!r} {reason}; paths in info.csv must stay inside {root}")
+    return root / relative
+
+
+def read_info_csv(root) -> pd.DataFrame:
+    """Load and validate ``root/info.csv``; raise InfoCsvError listing every problem."""
+    root = Path(root)
+    path = root / "info.csv"
+    if not path.is_file():
+        raise InfoCsvError(f"{path} not found; a dataset folder needs an info.csv with columns {', '.join(REQUIRED_COLUMNS)}")
+    try:
+        info = pd.read_csv(path, dtype={c: "string" for c in REQUIRED_COLUMNS}, keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InfoCsvError(f"{path} cannot be parsed as CSV: {str(exc).splitlines()[0]}") from None
+    problems: list[str] = []
+    missing = [c for c in REQUIRED_COLUMNS if c not in info.columns]
+    if missing:
+        raise InfoCsvError(f"{path} lacks required column(s) {missing}; it has {list(info.columns)}")
+    line = pd.Series(range(2, len(info) + 2), index=info.index)  # header is line 1
+    for column in REQUIRED_COLUMNS:
+        info[column] = info[column].str.strip()
+        empty = info[column].isna() | (info[column] == "")
+        if empty.any():
+            problems.append(f"empty {column} on line(s) {_line_list(line[empty])}")
+    dup = info["id"].notna() & info["id"].duplicated(keep=False)
+    if dup.any():
+        groups = info[dup].groupby("id").apply(lambda g: _line_list(line[g.index]), include_groups=False)
+        problems.append("duplicate id(s): " + "; ".join(f"{i!r} on lines {ls}" for i, ls in list(groups.items())[:MAX_LISTED]))
+    for column in PATH_COLUMNS:
+        bad = []
+        for idx, value in info[column].items():
+            if isinstance(value, str) and value:
+                reason = unsafe_path_reason(root, value)
+                if reason:
+                    bad.append(f"line {line[idx]} (id {info.at[idx, 'id']!r}): {value!r} {reason}")
+        if bad:
+            problems.append(f"{column} must stay inside {root}: " + "; ".join(bad[:MAX_LISTED])
+                            + (f"; and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""))
+    if len(info) == 0:
+        problems.append("no rows")
+    if problems:
+        raise InfoCsvError(f"{path} is invalid; nothing was processed:\n  - " + "\n  - ".join(problems))
+    return info.astype({c: object for c in REQUIRED_COLUMNS}).reset_index(drop=True)
+
+
+def info_hash(root) -> str:
+    return file_sha256(Path(root) / "info.csv")
+
+
+def package_versions(names=("numpy", "pandas", "pyarrow", "h5py", "soundfile", "soxr", "symusic",
+                            "torch", "ray", "miditok", "music21")) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def relative_to_cwd(path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
