@@ -22,6 +22,7 @@ import numpy as np
 
 MODALITIES = ("audio", "symbolic")
 MEDIUM_BY_MODALITY = {"audio": "audio_embeddings", "symbolic": "symbolic_embeddings"}
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,6 +112,20 @@ class FrameGrid:
     def starts(self, n_frames: int) -> np.ndarray:
         """Frame start times in seconds; frame t covers [starts[t], starts[t] + window_seconds)."""
         return np.arange(n_frames, dtype=np.float64) * self.hop_seconds
+
+    def window_index(self, n_items: int, n_frames: int, unit_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+        """Gather indices (T, L) and mask of the items at times k * unit_seconds inside each window.
+
+        A window holding no item (a tail shorter than one unit) gets the nearest earlier item, so
+        every frame summarises something.
+        """
+        starts = self.starts(n_frames)
+        pos = np.arange(n_items, dtype=np.float64) * unit_seconds
+        j0 = np.minimum(np.searchsorted(pos, starts, side="left"), n_items - 1)
+        j1 = np.maximum(np.minimum(np.searchsorted(pos, starts + self.window_seconds, side="left"), n_items), j0 + 1)
+        idx = j0[:, None] + np.arange(int((j1 - j0).max()))[None, :]
+        mask = idx < j1[:, None]
+        return np.minimum(idx, n_items - 1), mask
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from typing import Union
 
 import numpy as np
@@ -60,7 +61,9 @@ def decode_audio(
     try:
         audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        message = str(exc).replace("<_io.BytesIO object", label).splitlines()[0] if str(exc) else type(exc).__name__
+        # libsndfile names the in-memory buffer; say only what went wrong, the path is in our prefix
+        message = re.sub(r"^Error opening <_io\.BytesIO object at 0x[0-9a-f]+>: ", "", str(exc).splitlines()[0]) \
+            if str(exc) else type(exc).__name__
         raise AudioDecodeError(item_id, f"cannot decode audio {label}: {message}") from None
     if audio.shape[0] == 0:
         raise EmptyInputError(item_id, f"zero-length audio: {label}")
@@ -93,5 +96,11 @@ def decode_midi(source: PathOrBytes, item_id: str | None = None):
 
 
 def midi_duration_seconds(score) -> float:
-    """End time of the last note or event, in seconds, honouring tempo changes."""
-    return float(score.to("second").end())
+    """End of the last note in seconds (tempo changes honoured), rounded to 1 ms.
+
+    symusic stores seconds as float32, so a piece ending exactly at 8 s can come back as 8.0000038 s;
+    unrounded, that would add a frame that the audio rendering of the same piece does not have.
+    """
+    ends = [float((a["time"] + a["duration"]).max())
+            for a in (track.notes.numpy() for track in score.to("second").tracks) if len(a["time"])]
+    return round(max(ends), 3) if ends else 0.0

@@ -17,6 +17,7 @@ from embedders.base import ITEM_ERRORS, ItemError
 from embedders.io import decode_audio, decode_midi, read_bytes
 
 EMPTY = np.zeros(0, dtype=np.float32)
+DECODE_MEMORY_BYTES = 256 * 1024**2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +105,12 @@ def build_dataset(rows: list[dict[str, str]], spec: MediumSpec, root: str, *, ba
 
     n_blocks = max(1, min(len(rows), (len(rows) + decode_batch_size - 1) // decode_batch_size))
     ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
+    # Decoding reserves memory for a few minutes of 48 kHz audio plus its resampled copy. Besides
+    # being true, the differing resource request keeps Ray Data from fusing decode into the
+    # (possibly GPU) embedding actors, so decoding overlaps with embedding instead of alternating.
     ds = ds.map_batches(
         decode_batch, fn_kwargs={"spec": spec, "root": root}, batch_size=decode_batch_size,
-        batch_format="numpy", num_cpus=1,
+        batch_format="numpy", num_cpus=1, memory=DECODE_MEMORY_BYTES,
     )
     actor_resources = {"num_gpus": num_gpus} if num_gpus > 0 else {"num_cpus": 1}
     return ds.map_batches(

@@ -1,0 +1,23 @@
+"""Shared fixtures: one Ray session for the whole test run (Ray 2.60 has no local_mode)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """Ray with 2 CPUs, no dashboard; jobs under test find it via ray.is_initialized()."""
+    import ray
+    import ray.data  # noqa: F401  configures Ray Data's log handlers now, on the session's stdout,
+    # not on the stdout of whichever test (with capsys) first imports it, closed after that test.
+
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    yield ray
+    ray.shutdown()
