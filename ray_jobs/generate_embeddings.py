@@ -12,6 +12,7 @@ Exit status: 0 done, 1 nothing embedded, 2 invalid input or flags.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -107,7 +108,8 @@ def run_medium(spec: MediumSpec, info, root: Path, emb_dir: Path, args) -> dict[
     pending = [{"id": i, "path": p} for i, p in zip(ids, info[spec.path_column]) if i not in done]
     skipped = len(ids) - len(pending)
     print(f"[{spec.medium}/{spec.embedder}] {len(ids)} rows: {skipped} already embedded, {len(pending)} to do")
-    counts = {"embedder": spec.embedder, "config_hash": config_hash, "rows": len(ids), "skipped": skipped,
+    counts = {"embedder": spec.embedder, "config": dataclasses.asdict(config), "config_hash": config_hash,
+              "rows": len(ids), "skipped": skipped,
               "done": 0, "failed": 0, "seconds": 0.0}
     errors: list[dict] = []
     if pending:

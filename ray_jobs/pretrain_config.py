@@ -1,0 +1,105 @@
+"""Typed schema of the pretraining config, so Hydra refuses unknown keys and wrong types at once.
+
+The YAML files in ``ray_jobs/configs`` hold the values; this schema (registered in Hydra's
+ConfigStore as ``pretrain_schema``) holds the keys and types, and ``validate`` the value ranges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class TrainConfig:
+    max_seq_len: int = 2048
+    embed_dim: int = 384
+    nhead: int = 4
+    num_layers: int = 2
+    batch_size: int = 8
+    epochs: int = 10
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.1
+    dropout: float = 0.2
+    model_name: str = "embed_model"
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "music21"
+    data_root: str = "data"
+    info_csv: Optional[str] = None
+    tokenizer_path: Optional[str] = None
+    vocab_size: int = 2000
+    limit: Optional[int] = 100
+    presaved: bool = True
+    cache_dir: Optional[str] = None
+    visualisation_size: int = 200
+
+
+@dataclass
+class MlflowConfig:
+    experiment: str = "midi-embeddings"
+    tracking_uri: Optional[str] = None
+    viz_interval: int = 2
+    color_by: str = "composer"
+
+
+@dataclass
+class RayConfig:
+    num_workers: int = 1
+    use_gpu: bool = False
+    max_failures: int = 2
+
+
+@dataclass
+class PretrainConfig:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    device: str = "auto"
+    seed: int = 42
+    output_dir: str = MISSING
+
+
+def register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="pretrain_schema", node=PretrainConfig)
+
+
+class PretrainConfigError(ValueError):
+    """A config value is out of range; the message names the key, the value and what is allowed."""
+
+
+def validate(cfg) -> None:
+    """Range checks Hydra's types cannot express. Raises PretrainConfigError listing every problem."""
+    t, d, m, r = cfg.train, cfg.dataset, cfg.mlflow, cfg.ray
+    checks = [
+        (t.max_seq_len >= 16, f"train.max_seq_len must be >= 16, got {t.max_seq_len}"),
+        (t.embed_dim > 0 and t.nhead > 0 and t.embed_dim % t.nhead == 0,
+         f"train.embed_dim ({t.embed_dim}) must be a positive multiple of train.nhead ({t.nhead})"),
+        (t.num_layers >= 1, f"train.num_layers must be >= 1, got {t.num_layers}"),
+        (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
+        (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
+        (t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}"),
+        (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
+        (0 <= t.dropout < 1, f"train.dropout must be in [0, 1), got {t.dropout}"),
+        (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
+        (bool(t.model_name) and "/" not in t.model_name and ".." not in t.model_name,
+         f"train.model_name must be a plain folder name, got {t.model_name!r}"),
+        (d.vocab_size >= 100, f"dataset.vocab_size must be >= 100, got {d.vocab_size}"),
+        (d.limit is None or d.limit >= 1, f"dataset.limit must be >= 1 or null, got {d.limit}"),
+        (m.viz_interval >= 0, f"mlflow.viz_interval must be >= 0 (0: off), got {m.viz_interval}"),
+        (r.num_workers >= 1, f"ray.num_workers must be >= 1, got {r.num_workers}"),
+        (r.max_failures >= 0, f"ray.max_failures must be >= 0, got {r.max_failures}"),
+        (cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}"),
+    ]
+    problems = [message for ok, message in checks if not ok]
+    if problems:
+        raise PretrainConfigError("invalid pretraining config:\n  - " + "\n  - ".join(problems))

@@ -1,0 +1,103 @@
+"""The pretraining job: config validation, a short 2-worker DDP run on Ray Train, failure recovery, rerun."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
+
+from ray_jobs.pretrain_config import PretrainConfigError, register_schema, validate
+from tests.midi_model_factory import write_tiny_midis
+
+register_schema()
+
+
+def make_cfg(tmp_path: Path, *overrides: str):
+    base = [
+        f"dataset.data_root={tmp_path / 'data'}", "dataset.name=tiny", "dataset.vocab_size=600", "dataset.limit=null",
+        f"output_dir={tmp_path / 'results'}", "train.max_seq_len=64", "train.embed_dim=32", "train.nhead=2",
+        "train.num_layers=1", "train.batch_size=4", "train.epochs=2", "train.warmup_steps=2",
+        "train.model_name=tiny_model", "mlflow.viz_interval=1", "mlflow.color_by=style", "ray.num_workers=2",
+    ]
+    with initialize_config_module(config_module="ray_jobs.configs", version_base=None):
+        return compose(config_name="config", overrides=[*base, *overrides])
+
+
+def tiny_dataset(tmp_path: Path) -> Path:
+    root = tmp_path / "data" / "raw" / "tiny"
+    files = write_tiny_midis(root / "midi", n=10)
+    splits = ["train"] * 6 + ["validation"] * 2 + ["test"] * 2
+    pd.DataFrame({
+        "id": [f.stem for f in files], "audio_filename": [f"audio/{f.stem}.wav" for f in files],
+        "midi_filename": [f"midi/{f.name}" for f in files], "style": ["a", "b"] * 5, "split": splits,
+    }).to_csv(root / "info.csv", index=False)
+    return root
+
+
+def test_default_configs_compose_and_validate(tmp_path):
+    with initialize_config_module(config_module="ray_jobs.configs", version_base=None):
+        for name in ("config", "large_model"):
+            cfg = compose(config_name=name, overrides=[f"output_dir={tmp_path}"])
+            validate(cfg)
+            assert cfg.train.embed_dim % cfg.train.nhead == 0
+        assert compose(config_name="large_model").train.model_name == "embed_model_large"
+
+
+def test_unknown_key_and_wrong_type_fail_fast(tmp_path):
+    with pytest.raises(ConfigCompositionException, match="embed_dimm"):
+        make_cfg(tmp_path, "train.embed_dimm=3")
+    with pytest.raises(ConfigCompositionException, match="batch_size"):
+        make_cfg(tmp_path, "train.batch_size=lots")
+
+
+def test_bad_values_are_listed(tmp_path):
+    cfg = make_cfg(tmp_path, "train.embed_dim=30", "train.nhead=4", "train.dropout=1.5", "ray.num_workers=0")
+    with pytest.raises(PretrainConfigError) as err:
+        validate(cfg)
+    message = str(err.value)
+    assert "train.embed_dim (30) must be a positive multiple of train.nhead (4)" in message
+    assert "train.dropout" in message and "ray.num_workers" in message
+
+
+@pytest.mark.slow
+def test_two_worker_run_survives_a_failure_and_a_rerun_continues(ray_session, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from ray_jobs.pretrain import run
+    from training.transformer import load_checkpoint
+
+    tiny_dataset(tmp_path)
+    summary = run(make_cfg(tmp_path), fail_at_epoch=0)
+    run_dir = tmp_path / "results" / "tiny_model"
+    assert (run_dir / ".injected_failure").exists(), "the failure was not injected"
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1], "epoch 0 must not be redone after the restart"
+    assert summary["epochs_run"] == 2 and summary["test_perplexity"] > 1
+    assert summary["unigram_test_perplexity"] > 1
+    loaded = load_checkpoint(summary["model_path"])  # weights_only=True inside
+    assert loaded.config.embed_dim == 32 and not any(k.startswith("module.") for k in loaded.model.state_dict())
+    ids = torch.randint(4, loaded.config.vocab_size, (1, 10))
+    _, pooled = loaded.model.embed(ids, torch.ones_like(ids, dtype=torch.bool))
+    assert pooled.shape == (1, 32)
+    assert (run_dir / "viz" / "embeddings_animation.html").exists()
+    assert (run_dir / "viz" / "embeddings_epoch001.html").exists()
+
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    metrics = client.get_metric_history(summary["mlflow_run_id"], "val_loss")
+    assert sorted(m.step for m in metrics) == [0, 1]
+    for key in ("train_loss", "tokens_per_s", "lr", "val_perplexity"):
+        assert client.get_metric_history(summary["mlflow_run_id"], key)
+    assert "test_perplexity" in client.get_run(summary["mlflow_run_id"]).data.metrics
+    artifacts = [a.path for a in client.list_artifacts(summary["mlflow_run_id"], "viz")]
+    assert "viz/embeddings_animation.html" in artifacts
+
+    # same run name, more epochs: continues from the last checkpoint instead of starting over
+    again = run(make_cfg(tmp_path, "train.epochs=3"))
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert again["mlflow_run_id"] == summary["mlflow_run_id"]

@@ -1,0 +1,176 @@
+"""The per-worker pretraining loop run by Ray Train's TorchTrainer (DDP).
+
+The training itself is plain PyTorch (training.pretrain_loop); the Ray touch points are few and all
+here: ``get_context`` (rank, world size), ``prepare_model`` (DDP on the right device),
+``prepare_data_loader`` (DistributedSampler), ``get_checkpoint`` (resume after a failure or a rerun
+with the same run name) and ``report`` (metrics + a checkpoint every epoch, from rank 0).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from training import tokenizer as tk
+from training.midi_datasets import MIDIDatasetDynamic, MIDIDatasetPresaved, collate
+from training.pretrain_loop import evaluate, make_optimizer, make_scheduler, train_one_epoch
+from training.transformer import MIDITransformerConfig, MIDITransformerEncoder, save_checkpoint, unwrap
+from training.visualize import animation_page, file_embeddings, scatter_page, tsne_2d
+
+MODEL_FILE = "model.pt"
+STATE_FILE = "train_state.pt"
+
+
+class InjectedFailure(RuntimeError):
+    """Raised once by the fault-injection hook of the tests (a worker dying mid-run)."""
+
+
+def make_dataset(cfg: dict[str, Any], files: list[str], tokenizer, chunks: str = "all"):
+    if cfg["presaved"]:
+        return MIDIDatasetPresaved(files, tokenizer, cfg["model"]["max_seq_len"], cfg["cache_dir"], chunks=chunks)
+    return MIDIDatasetDynamic(files, tokenizer, cfg["model"]["max_seq_len"], chunks=chunks)
+
+
+def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
+    """Sum (or max) scalars over the DDP workers; a no-op with one worker."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return t.cpu().tolist()
+
+
+def _mlflow_client(cfg: dict[str, Any]):
+    if not cfg["mlflow"]["run_id"]:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=cfg["mlflow"]["tracking_uri"])
+
+
+def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if k != "epoch"])
+
+
+def _visualise(cfg, model, viz_ds, device, pad_id, epoch, frames, run_dir: Path, client) -> None:
+    meta = pd.DataFrame(cfg["viz_meta"])
+    emb = file_embeddings(model, viz_ds, pad_id, device)
+    ok = ~np.isnan(emb).any(1)
+    init = np.asarray(frames[-1][1], dtype=np.float32) if frames else None
+    coords = tsne_2d(emb[ok], seed=cfg["seed"], init=init if init is not None and len(init) == ok.sum() else None)
+    frames.append([epoch, coords.tolist()])
+    color = cfg["mlflow"]["color_by"]
+    name = cfg["model_name"]
+    page = scatter_page(coords, meta[ok].reset_index(drop=True), color,
+                        f"{name}: file embeddings, epoch {epoch} (t-SNE, coloured by {color})",
+                        run_dir / "viz" / f"embeddings_epoch{epoch:03d}.html")
+    anim = animation_page([(e, np.asarray(c)) for e, c in frames], meta[ok].reset_index(drop=True), color,
+                          f"{name}: how file embeddings move across epochs", run_dir / "viz" / "embeddings_animation.html")
+    if client is not None:
+        for path in (page, anim):
+            client.log_artifact(cfg["mlflow"]["run_id"], str(path), artifact_path="viz")
+
+
+def train_loop_per_worker(cfg: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg["seed"])
+    device = ray.train.torch.get_device()
+    amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    tokenizer = tk.load_tokenizer(cfg["tokenizer_path"])
+    model_cfg = MIDITransformerConfig(**cfg["model"])
+    pad_id = model_cfg.pad_id
+    run_dir = Path(cfg["run_dir"])
+
+    train_ds = make_dataset(cfg, cfg["train_files"], tokenizer)
+    val_ds = make_dataset(cfg, cfg["val_files"], tokenizer)
+    loader = DataLoader(train_ds, batch_size=cfg["batch_size"], shuffle=True, drop_last=False,
+                        collate_fn=functools.partial(collate, pad_id=pad_id),
+                        generator=torch.Generator().manual_seed(cfg["seed"]))
+    # Batches stay on the CPU: masking draws from a CPU generator, so masks do not depend on the device.
+    loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+    # Evaluation runs on the unwrapped module (DDP's forward would sync buffers, and shards may be
+    # uneven), each worker on every world-th item; the sums are then added over workers.
+    val_loader = DataLoader(Subset(val_ds, range(rank, len(val_ds), world)), batch_size=cfg["batch_size"],
+                            collate_fn=functools.partial(collate, pad_id=pad_id))
+
+    model = ray.train.torch.prepare_model(MIDITransformerEncoder(model_cfg))
+    optimizer = make_optimizer(model, cfg["learning_rate"], cfg["weight_decay"])
+    scheduler = make_scheduler(optimizer, total_steps=max(1, len(loader)) * cfg["epochs"], warmup=cfg["warmup_steps"])
+
+    start_epoch, best_val, history, frames = 0, math.inf, [], []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+            model_state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)["model_state"]
+        unwrap(model).load_state_dict(model_state)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_val = state["epoch"] + 1, state["best_val_loss"]
+        history, frames = state["history"], state["viz_frames"]
+        if rank == 0:
+            print(f"resuming from the checkpoint of epoch {state['epoch']} (best val loss {best_val:.4f})")
+
+    client = _mlflow_client(cfg) if rank == 0 else None
+    viz_ds = make_dataset(cfg, cfg["viz_files"], tokenizer) if rank == 0 and cfg["viz_interval"] > 0 else None
+    for epoch in range(start_epoch, cfg["epochs"]):
+        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch * world + rank)
+        tr = train_one_epoch(model, loader, optimizer, scheduler, device, amp_dtype, cfg["grad_clip"], gen)
+        va = evaluate(unwrap(model), val_loader, device, generator_seed=cfg["seed"], amp_dtype=amp_dtype)
+        tr_sum, tr_masked, tokens, va_sum, va_masked = _all_reduce(
+            [tr["loss_sum"], tr["masked_tokens"], tr["tokens"], va["loss_sum"], va["masked_tokens"]])
+        (seconds,) = _all_reduce([tr["seconds"]], op="max")
+        val_loss = va_sum / max(va_masked, 1)
+        metrics = {"epoch": epoch, "train_loss": tr_sum / max(tr_masked, 1), "val_loss": val_loss,
+                   "val_perplexity": math.exp(min(val_loss, 50.0)), "tokens_per_s": tokens / max(seconds, 1e-9),
+                   "train_tokens": tokens, "epoch_seconds": seconds, "lr": tr["lr"]}
+        best_val = min(best_val, val_loss)
+        history.append(metrics)
+        if viz_ds is not None and ((epoch + 1) % cfg["viz_interval"] == 0 or epoch == cfg["epochs"] - 1):
+            _visualise(cfg, model, viz_ds, device, pad_id, epoch, frames, run_dir, client)
+        if client is not None:
+            _log_metrics(client, cfg["mlflow"]["run_id"], metrics, epoch)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                save_checkpoint(Path(tmp) / MODEL_FILE, model, model_cfg, tk.tokenizer_params(tokenizer),
+                                extra={"epoch": epoch, "val_loss": val_loss})
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "epoch": epoch, "best_val_loss": best_val, "history": history, "viz_frames": frames},
+                           Path(tmp) / STATE_FILE)
+                (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+        _maybe_fail(cfg, epoch, rank)
+
+
+def _maybe_fail(cfg: dict[str, Any], epoch: int, rank: int) -> None:
+    """Test hook: die once after ``fail_at_epoch`` (a marker file makes the restarted worker go on)."""
+    marker = cfg.get("fail_marker")
+    if cfg.get("fail_at_epoch") == epoch and rank == 0 and marker and not os.path.exists(marker):
+        Path(marker).write_text(f"failed after epoch {epoch}\n")
+        raise InjectedFailure(f"injected worker failure after epoch {epoch}")
