@@ -17,6 +17,7 @@ _REGISTRY: dict[str, type[Embedder]] = {}
 BUILTIN_MODULES = (
     "embedders.audio.melstats",
     "embedders.symbolic.pianoroll",
+    "embedders.symbolic.midi_transformer.embedder",
 )
 _builtins_loaded = False
 

@@ -47,7 +47,7 @@ def build_token_cache(files: list[str], tokenizer_path: Path, max_seq_len: int, 
     """Tokenize the files missing from the cache in parallel Ray Data tasks; return {file: error}."""
     import ray
 
-    from training import tokenizer as tk
+    from embedders.symbolic.midi_transformer import tokenizer as tk
     from training.midi_datasets import MIDIDatasetPresaved, build_cache, stale_files
 
     tokenizer = tk.load_tokenizer(tokenizer_path)
@@ -101,7 +101,7 @@ def run(cfg: DictConfig, fail_at_epoch: int | None = None) -> dict[str, Any]:
 
     from embedders.dataset import read_info_csv
     from ray_jobs._ray import ensure_ray
-    from training import tokenizer as tk
+    from embedders.symbolic.midi_transformer import tokenizer as tk
     from training.midi_datasets import split_files, visualisation_set
     from training.pretrain_worker import MODEL_FILE, train_loop_per_worker
 
@@ -181,11 +181,11 @@ def test_metrics(cfg: DictConfig, model_path: Path, splits: dict[str, list[str]]
 
     from torch.utils.data import DataLoader
 
-    from training import tokenizer as tk
+    from embedders.symbolic.midi_transformer import tokenizer as tk
     from training.midi_datasets import collate
     from training.pretrain_loop import count_tokens, evaluate, unigram_perplexity
     from training.pretrain_worker import make_dataset
-    from training.transformer import load_checkpoint
+    from embedders.symbolic.midi_transformer.transformer import load_checkpoint
 
     loaded = load_checkpoint(model_path)
     tokenizer = tk.load_tokenizer(paths["tokenizer"])

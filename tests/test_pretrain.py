@@ -69,7 +69,7 @@ def test_two_worker_run_survives_a_failure_and_a_rerun_continues(ray_session, tm
     from mlflow.tracking import MlflowClient
 
     from ray_jobs.pretrain import run
-    from training.transformer import load_checkpoint
+    from embedders.symbolic.midi_transformer.transformer import load_checkpoint
 
     tiny_dataset(tmp_path)
     summary = run(make_cfg(tmp_path), fail_at_epoch=0)

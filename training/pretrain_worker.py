@@ -22,10 +22,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from training import tokenizer as tk
+from embedders.symbolic.midi_transformer import tokenizer as tk
 from training.midi_datasets import MIDIDatasetDynamic, MIDIDatasetPresaved, collate
 from training.pretrain_loop import evaluate, make_optimizer, make_scheduler, train_one_epoch
-from training.transformer import MIDITransformerConfig, MIDITransformerEncoder, save_checkpoint, unwrap
+from embedders.symbolic.midi_transformer.transformer import MIDITransformerConfig, MIDITransformerEncoder, save_checkpoint, unwrap
 from training.visualize import animation_page, file_embeddings, scatter_page, tsne_2d
 
 MODEL_FILE = "model.pt"

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from training.midi_datasets import collate
-from training.transformer import unwrap
+from embedders.symbolic.midi_transformer.transformer import unwrap
 
 HOVER_COLUMNS_MAX = 8
 
