@@ -156,3 +156,14 @@ def test_nothing_embedded_exits_nonzero(ray_session, tmp_path):
     pd.DataFrame([{"id": "a", "audio_filename": "a.wav", "midi_filename": "a.mid"}]).to_csv(root / "info.csv", index=False)
     assert run(tmp_path) == 1
     assert len(pd.read_parquet(tmp_path / "embeddings/toy/errors.parquet")) == 2
+
+
+def test_pretrained_midi_transformer_through_the_job(ray_session, toy, tmp_path_factory):
+    from tests.midi_model_factory import tiny_checkpoint
+
+    checkpoint = tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+    assert run(toy, "--media", S, "--symbolic_embedder", "midi_transformer", "--symbolic_checkpoint", str(checkpoint)) == 0
+    emb = load(toy / "embeddings/toy/embeddings.h5", S, "midi_transformer", "sequence")
+    assert list(emb.ids) == ["rec0", "rec1", "rec2", "rec3", "silent", "empty", "badwav"]
+    assert all(e.shape[1] == 32 and e.dtype == np.float32 for e in emb.embeddings)
+    assert '"checkpoint_sha256"' in emb.attrs["group.description"]
