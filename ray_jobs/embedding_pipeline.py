@@ -17,7 +17,7 @@ from embedders.base import ITEM_ERRORS, ItemError
 from embedders.io import decode_audio, decode_midi, read_bytes
 
 EMPTY = np.zeros(0, dtype=np.float32)
-DECODE_MEMORY_BYTES = 256 * 1024**2
+DECODE_MEMORY_BYTES = 512 * 1024**2
 
 
 @dataclasses.dataclass(frozen=True)
