@@ -108,8 +108,6 @@ def run(cfg: DictConfig, fail_at_epoch: int | None = None) -> dict[str, Any]:
     paths = resolve_paths(cfg)
     info = read_info_csv(paths["root"])
     splits = {s: [str(p) for p in split_files(info, paths["root"], s)] for s in ("train", "validation", "test")}
-    if cfg.dataset.limit:
-        splits["train"] = splits["train"][: cfg.dataset.limit]
     empty = [s for s, files in splits.items() if not files]
     if empty:
         raise PretrainConfigError(f"{paths['root'] / 'info.csv'} has no rows in split(s) {empty}; "
@@ -117,7 +115,10 @@ def run(cfg: DictConfig, fail_at_epoch: int | None = None) -> dict[str, Any]:
     viz_files, viz_meta = visualisation_set(info, paths["root"], cfg.dataset.visualisation_size,
                                             stratify=cfg.mlflow.color_by if cfg.mlflow.color_by in info.columns else None,
                                             seed=cfg.seed)
+    # BPE learns from the whole training split; dataset.limit only shortens what the model trains on
     tokenizer = tk.load_or_train_tokenizer(paths["tokenizer"], splits["train"], cfg.dataset.vocab_size)
+    if cfg.dataset.limit:
+        splits["train"] = splits["train"][: cfg.dataset.limit]
     special = tk.special_ids(tokenizer)
     ensure_ray()
     all_files = sorted({*splits["train"], *splits["validation"], *splits["test"], *map(str, viz_files)})

@@ -13,11 +13,11 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """Ray with 2 CPUs, no dashboard; jobs under test find it via ray.is_initialized()."""
+    """Ray with 2 CPUs, dashboard on loopback (Ray Train polls its state API); jobs find it via ray.is_initialized()."""
     import ray
     import ray.data  # noqa: F401  configures Ray Data's log handlers now, on the session's stdout,
     # not on the stdout of whichever test (with capsys) first imports it, closed after that test.
 
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    ray.init(num_cpus=2, dashboard_host="127.0.0.1", ignore_reinit_error=True, log_to_driver=False)
     yield ray
     ray.shutdown()
