@@ -66,6 +66,14 @@ def _color_values(meta: pd.DataFrame, color_by: str) -> pd.Series:
     return meta[color_by]
 
 
+def _palette(classes: Sequence[str]) -> dict[str, str]:
+    """A fixed colour per class; 24 distinct colours before any repeats (plotly's default has 10)."""
+    from plotly.colors import qualitative
+
+    colours = qualitative.Dark24 + qualitative.Light24
+    return {c: colours[i % len(colours)] for i, c in enumerate(classes)}
+
+
 def _write(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -79,12 +87,13 @@ def scatter_page(coords: np.ndarray, meta: pd.DataFrame, color_by: str, title: s
     import plotly.graph_objects as go
 
     colors, hover = _color_values(meta, color_by), _hover(meta, color_by)
+    palette = _palette(sorted(colors.astype(str).unique()))
     fig = go.Figure()
-    for value in sorted(colors.astype(str).unique()):
+    for value, colour in palette.items():
         keep = (colors.astype(str) == value).to_numpy()
         fig.add_trace(go.Scatter(x=coords[keep, 0], y=coords[keep, 1], mode="markers", name=value,
                                  text=[h for h, k in zip(hover, keep) if k], hoverinfo="text",
-                                 marker={"size": 8, "opacity": 0.8}))
+                                 marker={"size": 8, "opacity": 0.8, "color": colour}))
     fig.update_layout(title=title, xaxis_title="t-SNE 1", yaxis_title="t-SNE 2", legend_title=color_by,
                       template="plotly_white")
     return _write(fig, path)
@@ -96,18 +105,18 @@ def animation_page(frames: Sequence[tuple[int, np.ndarray]], meta: pd.DataFrame,
     import plotly.graph_objects as go
 
     colors, hover = _color_values(meta, color_by).astype(str), _hover(meta, color_by)
-    classes = sorted(colors.unique())
+    palette = _palette(sorted(colors.unique()))
     all_xy = np.concatenate([c for _, c in frames])
     pad = 0.05 * (all_xy.max(0) - all_xy.min(0) + 1e-9)
     lo, hi = all_xy.min(0) - pad, all_xy.max(0) + pad
 
     def traces(coords):
         out = []
-        for value in classes:
+        for value, colour in palette.items():
             keep = (colors == value).to_numpy()
             out.append(go.Scatter(x=coords[keep, 0], y=coords[keep, 1], mode="markers", name=value,
                                   text=[h for h, k in zip(hover, keep) if k], hoverinfo="text",
-                                  marker={"size": 8, "opacity": 0.8}))
+                                  marker={"size": 8, "opacity": 0.8, "color": colour}))
         return out
 
     fig = go.Figure(data=traces(frames[0][1]),

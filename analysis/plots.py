@@ -1,0 +1,151 @@
+"""Figures for the comparison report: arrays in, plotly figures out (no files, no state).
+
+* ``pca_2d``: 2-D PCA of z-scored features (each feature scaled to unit variance first, so no
+  single large-valued feature decides the map).
+* ``embedding_maps``: the two media side by side, one marker per recording, coloured by a label.
+* ``rdm_heatmaps``: cosine-distance RDMs of both media on the same rows, as within-medium ranks
+  (RSA compares ranks, so both panels share one 0-1 colour scale).
+* ``null_histograms``: per metric, the permutation null as a histogram and the observed value.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+HOVER_COLUMNS_MAX = 8
+_SKIP_HOVER = ("id", "audio_filename", "midi_filename")
+
+
+def pca_2d(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(coords (N, 2), explained variance ratio (2,)) of the z-scored rows of X."""
+    X = np.asarray(X, dtype=np.float64)
+    sd = X.std(axis=0)
+    Z = (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    _, s, vt = np.linalg.svd(Z, full_matrices=False)
+    k = min(2, vt.shape[0])
+    coords = np.zeros((X.shape[0], 2))
+    coords[:, :k] = Z @ vt[:k].T
+    total = float((s ** 2).sum())
+    ratio = np.zeros(2)
+    ratio[:k] = (s[:k] ** 2) / total if total > 0 else 0.0
+    return coords, ratio
+
+
+def hover_text(ids: Sequence[str], metadata: pd.DataFrame | None) -> list[str]:
+    """'id: ...' then up to HOVER_COLUMNS_MAX - 1 metadata columns, one line each."""
+    if metadata is None or metadata.empty:
+        return [f"id: {i}" for i in ids]
+    cols = [c for c in metadata.columns if c not in _SKIP_HOVER][:HOVER_COLUMNS_MAX - 1]
+    rows = metadata[cols].astype(str).to_numpy()
+    return ["<br>".join([f"id: {i}"] + [f"{c}: {v}" for c, v in zip(cols, row)]) for i, row in zip(ids, rows)]
+
+
+def embedding_maps(coords_a: np.ndarray, coords_s: np.ndarray, hover: Sequence[str], color=None,
+                   color_name: str | None = None, numeric: bool = False,
+                   titles: tuple[str, str] = ("audio", "symbolic"),
+                   explained: tuple[Sequence[float], Sequence[float]] | None = None):
+    """Side-by-side scatter maps; categorical colours get one legend entry per class (both panels)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=list(titles), horizontal_spacing=0.08)
+    hover = np.asarray(list(hover), dtype=object)
+    marker = {"size": 7, "opacity": 0.8}
+    if color is None:
+        for col, xy in ((1, coords_a), (2, coords_s)):
+            fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", text=hover, hoverinfo="text",
+                                     marker=marker, showlegend=False, name=titles[col - 1]), 1, col)
+    elif numeric:
+        values = np.asarray(color, dtype=np.float64)
+        for col, xy in ((1, coords_a), (2, coords_s)):
+            fig.add_trace(go.Scatter(
+                x=xy[:, 0], y=xy[:, 1], mode="markers", text=hover, hoverinfo="text", showlegend=False,
+                marker={**marker, "color": values, "colorscale": "Viridis", "showscale": col == 2,
+                        "colorbar": {"title": {"text": color_name or ""}}}), 1, col)
+    else:
+        values = np.asarray([str(v) for v in color], dtype=object)
+        for value in sorted(set(values)):
+            keep = values == value
+            for col, xy in ((1, coords_a), (2, coords_s)):
+                fig.add_trace(go.Scatter(x=xy[keep, 0], y=xy[keep, 1], mode="markers", text=hover[keep],
+                                         hoverinfo="text", name=value, legendgroup=value, showlegend=col == 1,
+                                         marker=marker), 1, col)
+    for col in (1, 2):
+        ev = explained[col - 1] if explained is not None else None
+        suffix = (lambda j: f" ({100 * ev[j]:.0f}% var.)") if ev is not None else (lambda j: "")
+        fig.update_xaxes(title_text="PC 1" + suffix(0), row=1, col=col)
+        fig.update_yaxes(title_text="PC 2" + suffix(1), row=1, col=col)
+    fig.update_layout(template="plotly_white", height=520, legend_title_text=color_name or "",
+                      margin={"t": 60, "l": 60, "r": 20, "b": 50})
+    return fig
+
+
+def _rank01(d: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    r = rankdata(d)
+    return (r - 1) / max(1, r.size - 1)
+
+
+def rdm_heatmaps(Xa: np.ndarray, Xs: np.ndarray, ids: Sequence[str], labels=None,
+                 titles: tuple[str, str] = ("audio", "symbolic")):
+    """Cosine-distance RDMs (columns centred first) of the same rows, shown as ranks in [0, 1].
+
+    Rows are shown in the order given (the caller sorts by label); with ``labels`` the axis ticks
+    are the labels, and the hover shows both ids.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    from scipy.spatial.distance import pdist, squareform
+
+    names = [str(i) for i in ids]
+    ticks = names if labels is None else [f"{lab} | {i}" for lab, i in zip(labels, names)]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=list(titles), horizontal_spacing=0.12)
+    for col, X in ((1, Xa), (2, Xs)):
+        X = np.asarray(X, dtype=np.float64)
+        d = np.nan_to_num(pdist(X - X.mean(axis=0), "cosine"))
+        R = squareform(_rank01(d))
+        fig.add_trace(go.Heatmap(z=R, x=ticks, y=ticks, zmin=0, zmax=1, colorscale="Viridis",
+                                 showscale=col == 2, colorbar={"title": {"text": "distance rank"}},
+                                 hovertemplate="%{y}<br>%{x}<br>rank %{z:.2f}<extra></extra>"), 1, col)
+        fig.update_xaxes(showticklabels=False, row=1, col=col)
+        fig.update_yaxes(showticklabels=labels is not None and len(names) <= 60, autorange="reversed",
+                         row=1, col=col)
+    fig.update_layout(template="plotly_white", height=560, margin={"t": 60, "l": 40, "r": 20, "b": 30})
+    return fig
+
+
+def null_histograms(items: Sequence[tuple[str, np.ndarray, float, float]], cols: int = 4, bins: int = 30):
+    """items: (name, null draws, observed, p-value); one panel each, observed as a red line."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    items = [it for it in items if it[1] is not None and np.size(it[1]) > 0]
+    if not items:
+        return None
+    rows = (len(items) + cols - 1) // cols
+    titles = [f"{name}<br>p = {p:.3g}" if np.isfinite(p) else name for name, _, _, p in items]
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=0.5 / rows,
+                        horizontal_spacing=0.06)
+    for k, (name, null, observed, _) in enumerate(items):
+        r, c = k // cols + 1, k % cols + 1
+        null = np.asarray(null, dtype=np.float64)
+        null = null[np.isfinite(null)]
+        lo = min(null.min(), observed) if null.size else observed
+        hi = max(null.max(), observed) if null.size else observed
+        span = (hi - lo) or 1.0
+        counts, edges = np.histogram(null, bins=bins, range=(lo - 0.02 * span, hi + 0.02 * span))
+        fig.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), marker_color="#8da0cb",
+                             name="null", showlegend=k == 0, legendgroup="null",
+                             hovertemplate="%{x:.4g}: %{y}<extra>null</extra>"), r, c)
+        top = max(1, int(counts.max()))
+        fig.add_trace(go.Scatter(x=[observed, observed], y=[0, top], mode="lines", line={"color": "#d62728", "width": 3},
+                                 name="observed", showlegend=k == 0, legendgroup="obs",
+                                 hovertemplate=f"observed {observed:.4g}<extra></extra>"), r, c)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(template="plotly_white", height=max(300, 230 * rows), bargap=0,
+                      margin={"t": 60, "l": 40, "r": 20, "b": 30}, legend={"orientation": "h", "y": 1.02 + 0.1 / rows})
+    return fig

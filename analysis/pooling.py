@@ -1,0 +1,29 @@
+"""Frame sequences -> one fixed-size vector per recording, for ``--embedding_type sequence``.
+
+Rule (``mean_std_pool``): for a recording with frames F of shape (T, D), the pooled vector is
+``concat(mean_t F, std_t F)`` of length 2D, where std is the population standard deviation over
+frames (ddof=0; a one-frame recording has std 0). The mean half equals the store's ``average``;
+the std half adds how much each feature moves over time, which the average discards.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def mean_std_pool(sequences: Sequence[np.ndarray]) -> np.ndarray:
+    """(N, 2D) float32: per recording, mean over frames followed by std over frames (ddof=0)."""
+    if len(sequences) == 0:
+        raise ValueError("sequences: expected at least one recording, got none")
+    dims = {np.asarray(s).shape[-1] if np.ndim(s) == 2 else None for s in sequences}
+    if None in dims or len(dims) != 1:
+        raise ValueError(f"sequences: expected 2-D (T, D) arrays of one width D, got widths {sorted(map(str, dims))}")
+    out = np.empty((len(sequences), 2 * dims.pop()), dtype=np.float32)
+    for i, seq in enumerate(sequences):
+        frames = np.asarray(seq, dtype=np.float64)
+        if frames.shape[0] == 0:
+            raise ValueError(f"sequences[{i}]: expected at least one frame, got 0")
+        out[i] = np.concatenate([frames.mean(axis=0), frames.std(axis=0)])
+    return out
