@@ -199,3 +199,16 @@ def write_errors(emb_dir, new_errors: Iterable[dict], *, resolved: Iterable[tupl
     table = pa.table({c: pa.array([r[c] for r in rows.values()], pa.string()) for c in ERROR_COLUMNS})
     atomic_write_table(table, errors_path(emb_dir))
     return table.num_rows
+
+
+_H5_NAMES = ("load", "load_pair", "consolidate", "list_embedders", "EmbeddingSet", "PairedEmbeddings")
+
+
+def __getattr__(name: str):
+    """``embedders.store.load`` and friends: the HDF5 side lives in ``embedders.h5store`` (kept apart
+    for size), which imports this module, so it is reached lazily here."""
+    if name in _H5_NAMES:
+        from embedders import h5store
+
+        return getattr(h5store, name)
+    raise AttributeError(f"module 'embedders.store' has no attribute {name!r}")

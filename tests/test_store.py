@@ -168,3 +168,11 @@ def test_legacy_reader_rejects_rows_without_id(tmp_path):
 def test_missing_file_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="generate_embeddings"):
         load(tmp_path / "nope.h5", A)
+
+
+def test_reader_is_reachable_from_the_store_module(tmp_path):
+    from embedders import h5store, store
+
+    assert store.load is h5store.load and store.load_pair is h5store.load_pair
+    with pytest.raises(AttributeError):
+        store.no_such_thing
