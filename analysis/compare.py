@@ -242,6 +242,26 @@ def compare_labels(X_audio: np.ndarray, X_symbolic: np.ndarray, y: np.ndarray, *
                                silhouette_n=silhouette_n, n_boot=n_boot, level=level)
 
 
+def pooled_r2_ci(sq_err: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Generator,
+                 level: float, chunk: int = 50) -> dict:
+    """Bootstrap interval of the pooled out-of-fold R^2 = 1 - sum(err) / sum((y - mean y)^2), resampling
+    recordings; the point value is the per-fold mean R^2 beside it, so ``r2_pooled`` is given too."""
+    y = np.asarray(y, dtype=np.float64)
+    n = y.size
+    reps = []
+    for start in range(0, n_boot, chunk):  # chunked: (chunk, n) index matrices stay small at n = 50,000
+        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+        yb = y[idx]
+        sst = ((yb - yb.mean(1, keepdims=True)) ** 2).sum(1)
+        reps.append(1.0 - sq_err[idx].sum(1) / np.where(sst > 0, sst, np.nan))
+    reps = np.concatenate(reps)
+    alpha = (1.0 - level) / 2
+    sst = float(((y - y.mean()) ** 2).sum())
+    return {"ci_lo": float(np.nanquantile(reps, alpha)), "ci_hi": float(np.nanquantile(reps, 1 - alpha)),
+            "r2_pooled": 1.0 - float(sq_err.sum()) / sst if sst > 0 else float("nan"),
+            "ci_of": "pooled out-of-fold R^2, bootstrap over recordings"}
+
+
 def _compare_labels(X_audio, X_symbolic, y, *, numeric, groups, seed, k, n_splits, n_permutations, max_n,
                     silhouette_n, n_boot, level) -> dict:
     Xa = as_matrix("X_audio", X_audio)
@@ -256,12 +276,13 @@ def _compare_labels(X_audio, X_symbolic, y, *, numeric, groups, seed, k, n_split
     for medium, X in (("audio", Xa), ("symbolic", Xs)):
         t0 = time.perf_counter()
         knn = lab.knn_cv_accuracy(X, y, k=k, metric="cosine", task=task, splits=splits)
-        stat = np.mean
-        ci = bootstrap_mean_ci(knn["per_sample"], n_boot, _stream(seed, f"labels.{medium}.knn.boot"), level, stat)
+        rng = _stream(seed, f"labels.{medium}.knn.boot")
+        ci = (pooled_r2_ci(knn["per_sample"], y, n_boot, rng, level) if numeric
+              else bootstrap_mean_ci(knn["per_sample"], n_boot, rng, level, np.mean))
         sil = None if numeric else lab.silhouette(X, y, silhouette_n, _stream(seed, "labels.silhouette"))
         rdm = lab.label_rdm_correlation(X, y, numeric, n_permutations, _stream(seed, "labels.rdm"), max_n)
-        media[medium] = {"knn": {**{kk: v for kk, v in knn.items() if kk != "per_sample"}, "ci_lo": ci["ci_lo"],
-                                 "ci_hi": ci["ci_hi"]},
+        media[medium] = {"knn": {**{kk: v for kk, v in knn.items() if kk != "per_sample"},
+                                 **{kk: v for kk, v in ci.items() if kk.startswith(("ci_", "r2_"))}},
                          "silhouette": sil, "label_rdm": rdm, "per_sample": knn["per_sample"]}
         timings[medium] = time.perf_counter() - t0
     a, s = media["audio"], media["symbolic"]

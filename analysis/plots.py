@@ -57,7 +57,8 @@ def embedding_maps(coords_a: np.ndarray, coords_s: np.ndarray, hover: Sequence[s
     if color is None:
         for col, xy in ((1, coords_a), (2, coords_s)):
             fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", text=hover, hoverinfo="text",
-                                     marker=marker, showlegend=False, name=titles[col - 1]), 1, col)
+                                     marker={**marker, "color": "#4c72b0"}, showlegend=False,
+                                     name=titles[col - 1]), 1, col)
     elif numeric:
         values = np.asarray(color, dtype=np.float64)
         for col, xy in ((1, coords_a), (2, coords_s)):
@@ -66,13 +67,17 @@ def embedding_maps(coords_a: np.ndarray, coords_s: np.ndarray, hover: Sequence[s
                 marker={**marker, "color": values, "colorscale": "Viridis", "showscale": col == 2,
                         "colorbar": {"title": {"text": color_name or ""}}}), 1, col)
     else:
+        from plotly.colors import qualitative
+
         values = np.asarray([str(v) for v in color], dtype=object)
-        for value in sorted(set(values)):
+        classes = sorted(set(values))
+        palette = qualitative.Plotly if len(classes) <= 10 else qualitative.Dark24 + qualitative.Light24
+        for j, value in enumerate(classes):
             keep = values == value
             for col, xy in ((1, coords_a), (2, coords_s)):
                 fig.add_trace(go.Scatter(x=xy[keep, 0], y=xy[keep, 1], mode="markers", text=hover[keep],
                                          hoverinfo="text", name=value, legendgroup=value, showlegend=col == 1,
-                                         marker=marker), 1, col)
+                                         marker={**marker, "color": palette[j % len(palette)]}), 1, col)
     for col in (1, 2):
         ev = explained[col - 1] if explained is not None else None
         suffix = (lambda j: f" ({100 * ev[j]:.0f}% var.)") if ev is not None else (lambda j: "")
@@ -102,19 +107,33 @@ def rdm_heatmaps(Xa: np.ndarray, Xs: np.ndarray, ids: Sequence[str], labels=None
     from scipy.spatial.distance import pdist, squareform
 
     names = [str(i) for i in ids]
-    ticks = names if labels is None else [f"{lab} | {i}" for lab, i in zip(labels, names)]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=list(titles), horizontal_spacing=0.12)
+    n = len(names)
+    tags = names if labels is None else [f"{lab} | {i}" for lab, i in zip(labels, names)]
+    text = [[f"{tags[r]}<br>{tags[c]}" for c in range(n)] for r in range(n)]
+    tickvals, ticktext, bounds = [], [], []
+    if labels is not None:  # one tick per label block (rows arrive sorted by label), lines between blocks
+        labs = [str(v) for v in labels]
+        starts = [0] + [i for i in range(1, n) if labs[i] != labs[i - 1]] + [n]
+        for a, b in zip(starts[:-1], starts[1:]):
+            tickvals.append((a + b - 1) / 2)
+            ticktext.append(labs[a])
+        bounds = [b - 0.5 for b in starts[1:-1]]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=list(titles), horizontal_spacing=0.14)
     for col, X in ((1, Xa), (2, Xs)):
         X = np.asarray(X, dtype=np.float64)
         d = np.nan_to_num(pdist(X - X.mean(axis=0), "cosine"))
         R = squareform(_rank01(d))
-        fig.add_trace(go.Heatmap(z=R, x=ticks, y=ticks, zmin=0, zmax=1, colorscale="Viridis",
-                                 showscale=col == 2, colorbar={"title": {"text": "distance rank"}},
-                                 hovertemplate="%{y}<br>%{x}<br>rank %{z:.2f}<extra></extra>"), 1, col)
-        fig.update_xaxes(showticklabels=False, row=1, col=col)
-        fig.update_yaxes(showticklabels=labels is not None and len(names) <= 60, autorange="reversed",
-                         row=1, col=col)
-    fig.update_layout(template="plotly_white", height=560, margin={"t": 60, "l": 40, "r": 20, "b": 30})
+        fig.add_trace(go.Heatmap(z=R, text=text, zmin=0, zmax=1, colorscale="Viridis", showscale=col == 2,
+                                 colorbar={"title": {"text": "distance rank"}},
+                                 hovertemplate="%{text}<br>rank %{z:.2f}<extra></extra>"), 1, col)
+        axis = {"tickmode": "array", "tickvals": tickvals, "ticktext": ticktext, "showgrid": False,
+                "showticklabels": bool(tickvals), "tickfont": {"size": 10}}
+        fig.update_xaxes(**axis, tickangle=-60, row=1, col=col)
+        fig.update_yaxes(**axis, autorange="reversed", row=1, col=col)
+        for b in bounds:
+            for kind, coords in (("x", dict(x0=b, x1=b, y0=-0.5, y1=n - 0.5)), ("y", dict(y0=b, y1=b, x0=-0.5, x1=n - 0.5))):
+                fig.add_shape(type="line", **coords, line={"color": "white", "width": 1}, row=1, col=col)
+    fig.update_layout(template="plotly_white", height=620, margin={"t": 60, "l": 110, "r": 20, "b": 110})
     return fig
 
 
@@ -127,7 +146,7 @@ def null_histograms(items: Sequence[tuple[str, np.ndarray, float, float]], cols:
     if not items:
         return None
     rows = (len(items) + cols - 1) // cols
-    titles = [f"{name}<br>p = {p:.3g}" if np.isfinite(p) else name for name, _, _, p in items]
+    titles = [f"{name}<br>p = {p:.2g}" if np.isfinite(p) else name for name, _, _, p in items]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=0.5 / rows,
                         horizontal_spacing=0.06)
     for k, (name, null, observed, _) in enumerate(items):

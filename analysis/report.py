@@ -74,7 +74,8 @@ def metric_rows(spaces: dict | None, labels: dict | None) -> list[dict]:
         for medium in ("audio", "symbolic"):
             m = labels[medium]
             knn = m["knn"]
-            rows.append(_row(f"label_{medium}_knn_{score}", knn["value"], (knn["ci_lo"], knn["ci_hi"]),
+            ci = (knn["ci_lo"], knn["ci_hi"])
+            rows.append(_row(f"label_{medium}_knn_{score}", knn["value"], ci,
                              n_used=knn["n_used"], subsampled=knn["subsampled"], chance=knn.get("chance")))
             if m.get("silhouette"):
                 s = m["silhouette"]
@@ -139,7 +140,7 @@ def fmt(v, digits: int = 3) -> str:
 
 
 def _p(p) -> str:
-    return "&ndash;" if p is None or not math.isfinite(p) else (f"{p:.3g}" if p >= 0.001 else f"{p:.1e}")
+    return "&ndash;" if p is None or not math.isfinite(p) else f"{p:.2g}"
 
 
 def _kv_table(items: Sequence[tuple[str, str]]) -> str:
@@ -167,6 +168,9 @@ def label_table(labels: dict) -> str:
     score = "kNN R&sup2;" if labels["task"] == "regression" else "kNN accuracy"
 
     def ci(e):
+        if labels["task"] == "regression":  # the interval is on the pooled out-of-fold R^2
+            return (f"{fmt(e['value'])} (pooled {fmt(e['r2_pooled'])}, 95% CI "
+                    f"[{fmt(e['ci_lo'])}, {fmt(e['ci_hi'])}])")
         return f"{fmt(e['value'])} [{fmt(e['ci_lo'])}, {fmt(e['ci_hi'])}]"
 
     def test(t):

@@ -204,3 +204,14 @@ def test_compare_labels_side_by_side(clusters):
     assert d["silhouette"] > 0 and d["label_rdm"] > 0
     again = compare_labels(X, X_noisy, y, groups=groups, seed=0, k=5, n_permutations=100, n_boot=200)
     assert again["difference_audio_minus_symbolic"]["knn_by_recording"] == d["knn_by_recording"]
+
+
+def test_pooled_r2_interval_is_on_r2_and_covers_the_estimate():
+    from analysis.compare import pooled_r2_ci
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=400)
+    pred = y + rng.normal(scale=0.5, size=400)  # true R^2 = 1 - 0.25 / 1 = 0.75
+    out = pooled_r2_ci((pred - y) ** 2, y, 500, np.random.default_rng(1), 0.95)
+    assert 0.6 < out["ci_lo"] <= out["r2_pooled"] <= out["ci_hi"] < 0.9
+    assert abs(out["r2_pooled"] - 0.75) < 0.05

@@ -19,7 +19,7 @@ def test_demo_builds_and_embeds_a_few_works_then_skips_on_rerun(ray_session, tmp
     with h5py.File(h5) as f:
         assert f["audio_embeddings/melstats/valid"][...].all()
         assert f["symbolic_embeddings/pianoroll/valid"][...].all()
-        assert f["metadata/bpm"].dtype.kind == "f"
+        assert f["metadata/bpm"].dtype.kind in "if"  # a number, whole or not
     assert demo.main(["--data_root", str(tmp_path), "--limit", "4"]) == 0
     timings = json.loads((tmp_path / "embeddings/music21/demo_timings.json").read_text())
     assert set(timings.values()) == {0.0}, "a rerun must skip every finished stage"
