@@ -27,3 +27,16 @@ def mean_std_pool(sequences: Sequence[np.ndarray]) -> np.ndarray:
             raise ValueError(f"sequences[{i}]: expected at least one frame, got 0")
         out[i] = np.concatenate([frames.mean(axis=0), frames.std(axis=0)])
     return out
+
+
+def zscore_features(X: np.ndarray) -> np.ndarray:
+    """Each column to mean 0, std 1 over rows (constant columns to 0), float32.
+
+    Hand-made features mix units (dB next to proportions), and unscaled, the widest-ranging ones
+    dominate every linear and distance metric; z-scoring uses only per-feature marginals, no pairing.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"X: expected a 2-D (N, D) array, got shape {X.shape}")
+    std = X.std(axis=0)
+    return ((X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)).astype(np.float32)

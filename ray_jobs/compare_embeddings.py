@@ -37,7 +37,7 @@ import pandas as pd
 
 from analysis import plots, report
 from analysis.compare import compare_labels, compare_spaces
-from analysis.pooling import mean_std_pool
+from analysis.pooling import mean_std_pool, zscore_features
 from embedders.h5store import load_pair
 from embedders.store import StoreError
 
@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group_column", default=None, help="metadata column: CV folds of the label metrics keep groups apart")
     p.add_argument("--task", choices=("auto", "classification", "regression"), default="auto",
                    help="auto: regression when the label column is numeric, else classification")
+    p.add_argument("--standardize", choices=("zscore", "none"), default="zscore",
+                   help="z-score each feature over the paired rows first (default; features in different units "
+                        "would otherwise be weighted by their range) or use raw coordinates")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_permutations", type=_positive, default=1000, help="permutation-null draws per metric")
     p.add_argument("--n_boot", type=_positive, default=1000, help="bootstrap replicates per CI")
@@ -157,6 +160,8 @@ def _header(args, pair, payload, attrs, split_desc) -> list[tuple[str, str]]:
             ("embedders", f"audio <b>{pair.audio_embedder}</b> ({s['dim_x']}-d), symbolic "
                           f"<b>{pair.symbolic_embedder}</b> ({s['dim_y']}-d)"),
             ("embedding type", pooling),
+            ("standardisation", "each feature z-scored over the paired rows" if args.standardize == "zscore"
+             else "none (raw coordinates)"),
             ("recordings", f"<b>{c['paired']}</b> paired of {c['rows_in_file']} in the file; dropped {c['dropped']} "
                            f"(valid audio {c['valid_audio']}, valid symbolic {c['valid_symbolic']}, "
                            f"missing label {c['missing_label']})"),
@@ -199,6 +204,8 @@ def run(args) -> int:
         Xa, Xs = mean_std_pool(pair.audio), mean_std_pool(pair.symbolic)
     else:
         Xa, Xs = np.asarray(pair.audio), np.asarray(pair.symbolic)
+    if args.standardize == "zscore":
+        Xa, Xs = zscore_features(Xa), zscore_features(Xs)
     task = _task(args, pair.metadata) if args.label else None
     if task == "regression" and not pd.api.types.is_numeric_dtype(pair.metadata[args.label]):
         return _fail(f"--task regression needs a numeric label; '{args.label}' holds text")
@@ -218,6 +225,7 @@ def run(args) -> int:
                           "audio_embedder": pair.audio_embedder, "symbolic_embedder": pair.symbolic_embedder,
                           "embedding_type": args.embedding_type,
                           "pooling": "mean" if args.embedding_type == "average" else "concat(mean, std) over frames",
+                          "standardize": args.standardize,
                           "label": args.label, "task": task, "group_column": args.group_column, "seed": args.seed,
                           "n_permutations": args.n_permutations, "n_boot": args.n_boot,
                           "max_n_kernel": args.max_n_kernel},

@@ -67,7 +67,9 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(store, tmp_path_factory):
     out = {}
-    for name, extra in (("plain", []), ("style", ["--label", "style", "--group_column", "piece"])):
+    # raw coordinates for the rotation invariances (z-scoring each space apart would bend the rotation)
+    for name, extra in (("plain", ["--standardize", "none"]),
+                        ("style", ["--label", "style", "--group_column", "piece"])):
         folder = tmp_path_factory.mktemp(name)
         assert compare_embeddings.main(["--h5_path", str(store), "--output_dir", str(folder), *FAST, *extra]) == 0
         out[name] = folder
@@ -88,6 +90,9 @@ def test_rotation_gives_cka_one_and_perfect_retrieval(runs):
     assert "null" not in metrics["linear_cka"]  # draws live in the .npz
     assert "40 train+validation" in m["retrieval_split"] and m["spaces"]["settings"]["n_test"] == 19  # r3 unpaired
     assert m["labels"] is None and m["inputs"]["n_permutations"] == 19
+    assert m["inputs"]["standardize"] == "none"
+    styled = json.loads((runs["style"] / "metrics.json").read_text())
+    assert styled["inputs"]["standardize"] == "zscore"  # the default
 
 
 def test_csv_npz_and_page(runs):
