@@ -43,6 +43,7 @@ from embedders.store import StoreError
 
 MIN_SPLIT_ROWS = 10
 RDM_ROWS = 120
+MAP_POINTS = 5000  # points drawn per 2-D map: PCA is fit on all rows, a page of 50,000 hover points is not readable
 
 
 def _positive(text: str) -> int:
@@ -112,11 +113,13 @@ def _h5_attrs(path) -> dict:
 
 def _figures(Xa, Xs, pair, label, numeric, seed, payload, nulls):
     ids = [str(i) for i in pair.ids]
-    hover = plots.hover_text(ids, pair.metadata)
     (ca, ea), (cs, es) = plots.pca_2d(Xa), plots.pca_2d(Xs)
     names = (f"audio: {pair.audio_embedder} ({Xa.shape[1]}-d)", f"symbolic: {pair.symbolic_embedder} ({Xs.shape[1]}-d)")
-    maps = plots.embedding_maps(ca, cs, hover, None if label is None else pair.labels, label, numeric, names, (ea, es))
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+    shown = np.sort(rng.choice(len(ids), size=min(MAP_POINTS, len(ids)), replace=False))
+    hover = plots.hover_text([ids[i] for i in shown], pair.metadata.iloc[shown].reset_index(drop=True))
+    maps = plots.embedding_maps(ca[shown], cs[shown], hover, None if label is None else pair.labels[shown], label,
+                                numeric, names, (ea, es))
     idx = np.sort(rng.choice(len(ids), size=min(RDM_ROWS, len(ids)), replace=False))
     if label is not None:
         keys = pd.DataFrame({"y": pair.labels[idx], "id": np.asarray(ids, dtype=object)[idx]})
@@ -138,7 +141,7 @@ def _figures(Xa, Xs, pair, label, numeric, seed, payload, nulls):
     hist = plots.null_histograms(items)
     sub_note = (f"{len(idx)} of {len(ids)} recordings (seeded)" + (f", sorted by {label}" if label else ""))
     return [
-        ("2-D maps (PCA)", "PCA of z-scored features, per medium; hover shows the recording's id and metadata"
+        ("2-D maps (PCA)", f"PCA of z-scored features, per medium (fit on all rows; at most {MAP_POINTS} random rows drawn); hover shows the recording's id and metadata"
          + (f"; colour: {label} (click a legend entry to hide a class in both panels)." if label else "."), maps),
         ("Representational dissimilarity matrices", "Cosine distances between recordings after centring, shown as "
          f"ranks within each medium (RSA compares ranks): {sub_note}. Similar block structure in both panels "
