@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from embedders import legacy
+from embedders.atomic import atomic_path
 from embedders.store import MEDIA, StoreError, check_medium, iter_shard_rows, shard_description, stored_embedders
 
 FORMAT = "audio-vs-symbolic/columnar"
@@ -124,12 +123,10 @@ def consolidate(emb_dir, info: pd.DataFrame, out_path, *, provenance: dict[str, 
     import h5py
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     ids = info["id"].astype(str).tolist()
     row_of = {item_id: i for i, item_id in enumerate(ids)}
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.tmp")
     summary: dict[str, dict] = {}
-    try:
+    with atomic_path(out_path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
@@ -149,10 +146,6 @@ def consolidate(emb_dir, info: pd.DataFrame, out_path, *, provenance: dict[str, 
                     group.attrs["config_hash"] = str(description.get("config_hash", ""))
                     group.attrs["n_valid"] = counts["n_valid"]
                     summary[f"{medium}/{embedder}"] = counts
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return summary
 
 

@@ -10,9 +10,7 @@ one medium need not be rec_5 of the other: rows are always paired by their ``id`
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -86,16 +84,16 @@ def export_legacy(src_h5, dst_h5, embedders: dict[str, str | None] | None = None
     """
     import h5py
 
+    from embedders.atomic import atomic_path
     from embedders.h5store import list_embedders, load
     from embedders.store import MEDIA
 
     embedders = embedders or {}
     dst_h5 = Path(dst_h5)
-    tmp = dst_h5.with_name(f".{dst_h5.name}.{uuid.uuid4().hex}.tmp")
     present = list_embedders(src_h5)
     counts = {}
     str_dtype = h5py.string_dtype("utf-8")
-    try:
+    with atomic_path(dst_h5) as tmp:
         with h5py.File(tmp, "w") as out:
             out.attrs["layout"] = "legacy"
             for medium in MEDIA:
@@ -115,8 +113,4 @@ def export_legacy(src_h5, dst_h5, embedders: dict[str, str | None] | None = None
                     if "id" not in seq.metadata.columns:
                         rec.create_dataset("id", data=str(seq.ids[k]), dtype=str_dtype)
                 counts[medium] = len(seq.ids)
-        os.replace(tmp, dst_h5)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return counts

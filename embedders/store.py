@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embedders.atomic import atomic_path
+
 MEDIA = ("audio_embeddings", "symbolic_embeddings")
 ERROR_COLUMNS = ("id", "medium", "embedder", "stage", "error_type", "message")
 PART_GLOB = "part-*.parquet"
@@ -40,14 +42,8 @@ def shard_dir(emb_dir: str | os.PathLike, medium: str, embedder: str) -> Path:
 
 def atomic_write_table(table: pa.Table, path: Path) -> None:
     """Write a Parquet file under a temporary name in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ---------------------------------------------------------------------------------------------

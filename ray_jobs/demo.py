@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from embedders.dataset import dataset_dir, embeddings_dir
 

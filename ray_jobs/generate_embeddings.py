@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -173,10 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     summary["h5"] = consolidate(emb_dir, info, h5_path, provenance=provenance)
     if args.h5_layout == "legacy":
-        chosen = {s.medium: s.embedder for s in specs}
-        legacy_tmp = h5_path.with_name("embeddings.legacy.h5")
-        export_legacy(h5_path, legacy_tmp, chosen)
-        os.replace(legacy_tmp, h5_path)
+        # export_legacy writes a temporary file beside its target and renames it over the columnar one
+        export_legacy(h5_path, h5_path, {s.medium: s.embedder for s in specs})
     summary["h5_path"] = str(h5_path)
     summary["h5_layout"] = args.h5_layout
     summary["seconds"] = round(time.perf_counter() - started, 2)

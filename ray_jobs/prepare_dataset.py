@@ -23,12 +23,12 @@ import importlib.util
 import json
 import os
 import re
-import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
+from embedders.atomic import atomic_write_bytes
 from ray_jobs import dataset_build as db
 
 CSV_COLUMNS = ("id", "audio_filename", "midi_filename", "composer", "era", "time_signature", "key",
@@ -144,19 +144,6 @@ def build_hash(args: argparse.Namespace, soundfont_bytes: bytes) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _paths(dataset_dir: Path, work_id: str) -> tuple[Path, Path, Path]:
     return (dataset_dir / "midi" / f"{work_id}.mid", dataset_dir / "audio" / f"{work_id}.wav",
             dataset_dir / ".build" / f"{work_id}.json")
@@ -196,8 +183,8 @@ def build_one(row: dict[str, Any], *, dataset_dir: str, soundfont: str, seed: in
         return {**out, "reason": str(exc)}
     root = Path(dataset_dir)
     midi_path, audio_path, record_path = _paths(root, work.id)
-    atomic_write(midi_path, midi_bytes)
-    atomic_write(audio_path, wav_bytes)
+    atomic_write_bytes(midi_path, midi_bytes)
+    atomic_write_bytes(audio_path, wav_bytes)
     ts = conv.time_signature
     record = {
         "id": work.id, "audio_filename": f"audio/{work.id}.wav", "midi_filename": f"midi/{work.id}.mid",
@@ -209,14 +196,14 @@ def build_one(row: dict[str, Any], *, dataset_dir: str, soundfont: str, seed: in
         "audio_seconds": round(audio_seconds, 3), "build_seconds": round(time.perf_counter() - started, 2),
         "build_hash": settings_hash,
     }
-    atomic_write(record_path, json.dumps(record, indent=1).encode())
+    atomic_write_bytes(record_path, json.dumps(record, indent=1).encode())
     return {**out, "status": "built", "record": json.dumps(record)}
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
     import pandas as pd
 
-    atomic_write(path, pd.DataFrame(rows, columns=list(columns)).to_csv(index=False).encode())
+    atomic_write_bytes(path, pd.DataFrame(rows, columns=list(columns)).to_csv(index=False).encode())
 
 
 def _disk_bytes(dataset_dir: Path, records: list[dict[str, Any]]) -> int:

@@ -15,13 +15,14 @@ and perplexity beside a unigram baseline. Metrics and pages go to MLflow and the
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from embedders.atomic import atomic_path
 
 from ray_jobs.pretrain_config import PretrainConfigError, register_schema, validate
 
@@ -160,10 +161,8 @@ def run(cfg: DictConfig, fail_at_epoch: int | None = None) -> dict[str, Any]:
     result = trainer.fit()
     best_checkpoint, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1]["val_loss"])
     model_path = paths["run_dir"] / MODEL_FILE
-    with best_checkpoint.as_directory() as d:
-        tmp = model_path.with_name(f".{MODEL_FILE}.tmp")
+    with best_checkpoint.as_directory() as d, atomic_path(model_path) as tmp:
         shutil.copyfile(Path(d) / MODEL_FILE, tmp)
-        os.replace(tmp, model_path)
     summary = {"model_path": str(model_path), "best_epoch": int(best_metrics["epoch"]),
                "best_val_loss": best_metrics["val_loss"], "epochs_run": int(result.metrics["epoch"]) + 1,
                "mlflow_run_id": run_id, "tracking_uri": tracking_uri, **test_metrics(cfg, model_path, splits, paths)}

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,6 +30,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from embedders.atomic import atomic_path
 from embedders.base import ItemError
 from embedders.dataset import resolve_item_path
 from embedders.symbolic.midi_transformer import tokenizer as tk
@@ -65,14 +65,8 @@ def _stat(path: str) -> tuple[int, int] | None:
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
 
 
 def build_cache(tokenizer, files: Sequence[str | os.PathLike[str]], max_seq_len: int,

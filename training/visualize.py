@@ -7,7 +7,6 @@ Pages embed plotly.js, so they open offline.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from embedders.atomic import atomic_path
 from training.midi_datasets import collate
 from embedders.symbolic.midi_transformer.transformer import unwrap
 
@@ -75,10 +75,8 @@ def _palette(classes: Sequence[str]) -> dict[str, str]:
 
 
 def _write(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.write_html(tmp, include_plotlyjs=True, full_html=True)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.write_html(tmp, include_plotlyjs=True, full_html=True)
     return path
 
 

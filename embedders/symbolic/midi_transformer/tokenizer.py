@@ -31,6 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from embedders.atomic import atomic_path
+
 SPECIAL_TOKENS = ("PAD", "BOS", "EOS", "MASK")
 TOKENIZER_OPTIONS: dict[str, Any] = {
     "use_tempos": True,
@@ -70,14 +72,8 @@ def save_tokenizer(tokenizer, path: str | os.PathLike[str], training_files: Sequ
     path.parent.mkdir(parents=True, exist_ok=True)
     params = tokenizer.to_dict()
     params[TRAINING_FILES_KEY] = [os.fspath(f) for f in training_files]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(params, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(params, indent=1))
     return path
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedders.atomic import atomic_path
 from embedders.base import CheckpointError
 
 FORMAT_VERSION = 1
@@ -239,15 +239,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, config: MIDI
             else json.dumps(tokenizer_params, sort_keys=True),
             **{k: _plain(v, k) for k, v in extra.items()}}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
