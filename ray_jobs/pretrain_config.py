@@ -1,7 +1,8 @@
 """Typed schema of the pretraining config, so Hydra refuses unknown keys and wrong types at once.
 
-The YAML files in ``ray_jobs/configs`` hold the values; this schema (registered in Hydra's
-ConfigStore as ``pretrain_schema``) holds the keys and types, and ``validate`` the value ranges.
+The YAML files in ``ray_jobs/configs`` hold the values (the defaults live only there); this schema
+(registered in Hydra's ConfigStore as ``pretrain_schema``) holds the keys and types, and
+``validate`` the value ranges.
 """
 
 from __future__ import annotations
@@ -14,46 +15,46 @@ from omegaconf import MISSING
 
 @dataclass
 class TrainConfig:
-    max_seq_len: int = 2048
-    embed_dim: int = 384
-    nhead: int = 4
-    num_layers: int = 2
-    batch_size: int = 8
-    epochs: int = 10
-    learning_rate: float = 3e-4
-    weight_decay: float = 0.1
-    dropout: float = 0.2
-    model_name: str = "embed_model"
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
+    max_seq_len: int = MISSING
+    embed_dim: int = MISSING
+    nhead: int = MISSING
+    num_layers: int = MISSING
+    batch_size: int = MISSING
+    epochs: int = MISSING
+    learning_rate: float = MISSING
+    weight_decay: float = MISSING
+    dropout: float = MISSING
+    model_name: str = MISSING
+    warmup_steps: int = MISSING
+    grad_clip: float = MISSING
 
 
 @dataclass
 class DatasetConfig:
-    name: str = "music21"
-    data_root: str = "data"
-    info_csv: Optional[str] = None
-    tokenizer_path: Optional[str] = None
-    vocab_size: int = 2000
-    limit: Optional[int] = 100
-    presaved: bool = True
-    cache_dir: Optional[str] = None
-    visualisation_size: int = 200
+    name: str = MISSING
+    data_root: str = MISSING
+    info_csv: Optional[str] = MISSING
+    tokenizer_path: Optional[str] = MISSING
+    vocab_size: int = MISSING
+    limit: Optional[int] = MISSING
+    presaved: bool = MISSING
+    cache_dir: Optional[str] = MISSING
+    visualisation_size: int = MISSING
 
 
 @dataclass
 class MlflowConfig:
-    experiment: str = "midi-embeddings"
-    tracking_uri: Optional[str] = None
-    viz_interval: int = 2
-    color_by: str = "composer"
+    experiment: str = MISSING
+    tracking_uri: Optional[str] = MISSING
+    viz_interval: int = MISSING
+    color_by: str = MISSING
 
 
 @dataclass
 class RayConfig:
-    num_workers: int = 1
-    use_gpu: bool = False
-    max_failures: int = 2
+    num_workers: int = MISSING
+    use_gpu: bool = MISSING
+    max_failures: int = MISSING
 
 
 @dataclass
@@ -62,8 +63,8 @@ class PretrainConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     ray: RayConfig = field(default_factory=RayConfig)
-    device: str = "auto"
-    seed: int = 42
+    device: str = MISSING
+    seed: int = MISSING
     output_dir: str = MISSING
 
 
