@@ -35,6 +35,11 @@ def cv_splits(y: np.ndarray, n_splits: int = 5, groups: np.ndarray | None = None
     n_splits = check_int("n_splits", n_splits, minimum=2, maximum=y.shape[0])
     rs = int(seed) if not isinstance(seed, np.random.Generator) else int(seed.integers(2**31 - 1))
     dummy = np.zeros((y.shape[0], 1))
+    if stratify:
+        # a stratified fold needs each of its classes in every fold: with at most m rows in the largest
+        # class only m folds exist (small datasets, tests); report it through len(result), never crash
+        largest = int(np.unique(y, return_counts=True)[1].max())
+        n_splits = max(2, min(n_splits, largest))
     if groups is None:
         splitter = (StratifiedKFold if stratify else KFold)(n_splits=n_splits, shuffle=True, random_state=rs)
         return [(tr, te) for tr, te in splitter.split(dummy, y)]

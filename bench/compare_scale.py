@@ -3,11 +3,16 @@
 Not a test. Usage:
     .venv/bin/python bench/compare_scale.py --n 5000
     .venv/bin/python bench/compare_scale.py --n 50000 --dim 512
+    .venv/bin/python bench/compare_scale.py --sizes 1000,10000,50000 --dim 512   # one process per size
 
 Data: a shared latent Z (N, 16) drives both spaces, X = Z A + noise and Y = Z B + noise (both D
 dims), and a 10-class label that depends on Z, so every metric has something to find. Prints
 one JSON object: seconds per component, totals, peak resident memory (ru_maxrss) and the
-headline values.
+headline values. Baseline, timed in the same process: linear CKA and its permutation null
+(the same number of draws) done plainly in numpy (centre, one D x D product per draw), the
+cheapest single metric of the battery; ``suite_vs_plain_cka`` says what the whole battery costs
+in units of it. With ``--sizes`` every size runs in its own process (so each peak is its own)
+and the result adds how time and memory grow with N.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analysis._threads import blas_threads  # noqa: E402
 from analysis.compare import compare_labels, compare_spaces  # noqa: E402
+from bench.common import finish, machine  # noqa: E402
 
 
 def synthetic(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -38,6 +45,46 @@ def synthetic(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.n
     return X, Y, y, groups
 
 
+def plain_cka_null(X: np.ndarray, Y: np.ndarray, n_permutations: int, seed: int) -> dict:
+    """Linear CKA and its permutation p-value, the straightforward way (the baseline)."""
+    t0 = time.perf_counter()
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    norm = np.linalg.norm(Xc.T @ Xc) * np.linalg.norm(Yc.T @ Yc)
+    value = float(np.linalg.norm(Xc.T @ Yc) ** 2 / norm)
+    rng = np.random.default_rng(seed)
+    null = np.array([np.linalg.norm(Xc.T @ Yc[rng.permutation(len(Yc))]) ** 2 / norm for _ in range(n_permutations)])
+    p = float((1 + np.sum(null >= value)) / (1 + n_permutations))
+    return {"value": value, "p_value": p, "seconds": round(time.perf_counter() - t0, 4)}
+
+
+def run_sizes(args) -> dict:
+    """One subprocess per size (its own peak memory), then how time and memory grow with N."""
+    import subprocess
+
+    flags = ["--dim", str(args.dim), "--seed", str(args.seed), "--n-permutations", str(args.n_permutations),
+             "--n-boot", str(args.n_boot), "--max-n-kernel", str(args.max_n_kernel), "--threads", str(args.threads)]
+    sizes = []
+    for n in [int(x) for x in args.sizes.split(",") if x.strip()]:
+        out = subprocess.run([sys.executable, __file__, "--n", str(n), *flags], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"compare_scale --n {n} failed:\n{out.stderr[-3000:]}")
+        sizes.append(json.loads(out.stdout))
+    growth = {}
+    for a, b in zip(sizes, sizes[1:]):
+        ratio = b["n"] / a["n"]
+        growth[f"{a['n']}->{b['n']}"] = {
+            "n_ratio": ratio,
+            "time_ratio": round(b["seconds"]["total"] / a["seconds"]["total"], 2),
+            "time_exponent": round(float(np.log(b["seconds"]["total"] / a["seconds"]["total"]) / np.log(ratio)), 2),
+            "peak_rss_ratio": round(b["peak_rss_mb"]["at_end"] / a["peak_rss_mb"]["at_end"], 2),
+        }
+    table = [{"n": r["n"], "seconds_total": r["seconds"]["total"], "peak_rss_mb": r["peak_rss_mb"]["at_end"],
+              "plain_cka_seconds": r["baseline_plain_cka"]["seconds"], "suite_vs_plain_cka": r["suite_vs_plain_cka"],
+              "load_avg_end": r["machine"]["load_avg_end"]} for r in sizes]
+    return {"benchmark": "compare_scale", "dim": args.dim, "n_permutations": args.n_permutations, "n_boot": args.n_boot,
+            "table": table, "growth": growth, "sizes": sizes}
+
+
 def peak_rss_mb() -> float:
     # Linux reports ru_maxrss in KiB (macOS in bytes).
     scale = 1.0 if platform.system() == "Darwin" else 1024.0
@@ -47,6 +94,7 @@ def peak_rss_mb() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--sizes", default=None, help="comma-separated N values, each in its own process (overrides --n)")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-permutations", type=int, default=200)
@@ -55,8 +103,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="BLAS threads inside compare_* (default 1 as in compare_*; 0 = library default)")
     args = ap.parse_args()
+    if args.sizes:
+        result = run_sizes(args)
+        result["machine"] = machine()
+        finish(result)
+        return
 
     threads = None if args.threads == 0 else args.threads
+    info = machine()
     t0 = time.perf_counter()
     X, Y, y, groups = synthetic(args.n, args.dim, args.seed)
     t_data = time.perf_counter() - t0
@@ -68,6 +122,9 @@ def main() -> None:
     t_spaces = time.perf_counter() - t0
     rss_spaces = peak_rss_mb()
 
+    with blas_threads(threads):
+        baseline = plain_cka_null(X, Y, args.n_permutations, args.seed)
+
     t0 = time.perf_counter()
     labels = compare_labels(X, Y, y, groups=groups, seed=args.seed, n_permutations=args.n_permutations,
                             max_n=args.max_n_kernel, n_threads=threads)
@@ -76,8 +133,8 @@ def main() -> None:
     headline = {name: {k: m[k] for k in ("value", "ci_lo", "ci_hi", "null_mean", "p_value", "n_used")}
                 for name, m in spaces["metrics"].items()
                 if not name.startswith("retrieval") or name.endswith(("recall@1", "mrr"))}
-    print(json.dumps({
-        "n": args.n, "dim": args.dim, "n_permutations": args.n_permutations, "n_boot": args.n_boot,
+    finish({
+        "benchmark": "compare_scale", "machine": info, "n": args.n, "dim": args.dim, "n_permutations": args.n_permutations, "n_boot": args.n_boot,
         "max_n_kernel": args.max_n_kernel, "blas_threads": threads, "cpu_count": os.cpu_count(),
         "load_avg_1m_at_end": os.getloadavg()[0],
         "seconds": {"make_data": round(t_data, 2), "compare_spaces_total": round(t_spaces, 2),
@@ -91,7 +148,9 @@ def main() -> None:
         "labels": {m: {"knn": labels[m]["knn"]["value"], "knn_chance": labels[m]["knn"]["chance"],
                        "silhouette": labels[m]["silhouette"]["value"], "label_rdm": labels[m]["label_rdm"]["value"],
                        "label_rdm_p": labels[m]["label_rdm"]["p_value"]} for m in ("audio", "symbolic")},
-    }, indent=1, default=float))
+        "baseline_plain_cka": {**baseline, "suite_value": spaces["metrics"]["linear_cka"]["value"]},
+        "suite_vs_plain_cka": round((t_spaces + t_labels) / max(baseline["seconds"], 1e-9), 1),
+    })
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ problem before any work starts, naming the offending rows (1-based line numbers 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import pandas as pd
+
+from embedders import storage
 
 REQUIRED_COLUMNS = ("id", "audio_filename", "midi_filename")
 PATH_COLUMNS = ("audio_filename", "midi_filename")
@@ -22,12 +25,13 @@ class InfoCsvError(ValueError):
     """info.csv is unusable; the message lists every problem found."""
 
 
-def dataset_dir(data_root, dataset: str) -> Path:
-    return Path(data_root) / "raw" / dataset
+def dataset_dir(data_root, dataset: str) -> Path | str:
+    """``<data_root>/raw/<dataset>``: a Path, or a URI string when data_root is remote (s3://, gs://)."""
+    return storage.join(data_root, "raw", dataset)
 
 
-def embeddings_dir(data_root, dataset: str) -> Path:
-    return Path(data_root) / "embeddings" / dataset
+def embeddings_dir(data_root, dataset: str) -> Path | str:
+    return storage.join(data_root, "embeddings", dataset)
 
 
 def file_sha256(path) -> str:
@@ -44,33 +48,37 @@ def _line_list(lines) -> str:
     return shown + (f" and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else "")
 
 
-def unsafe_path_reason(root: Path, relative: str) -> str | None:
-    """Why ``relative`` may not be used under ``root`` (absolute, escapes with .., or via a link), else None."""
-    if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).is_absolute() or PureWindowsPath(relative).drive:
-        return "is an absolute path"
-    if ".." in PurePosixPath(relative.replace("\\", "/")).parts:
-        return "contains '..'"
+def unsafe_path_reason(root: Path | str, relative: str) -> str | None:
+    """Why ``relative`` may not be used under ``root`` (absolute, escapes with .., a URI, or via a link), else None.
+
+    Remote roots (object stores) have no links, so the lexical checks are the whole check there.
+    """
+    reason = storage.unsafe_relative_reason(relative)
+    if reason or storage.is_remote(root):
+        return reason
+    root = storage.local_path(root)
     resolved = (root / relative).resolve()
     if not resolved.is_relative_to(root.resolve()):
         return "resolves outside the dataset folder (symbolic link)"
     return None
 
 
-def resolve_item_path(root: Path, relative: str) -> Path:
+def resolve_item_path(root: Path | str, relative: str) -> Path | str:
     reason = unsafe_path_reason(root, relative)
     if reason:
         raise InfoCsvError(f"path {relative!r} {reason}; paths in info.csv must stay inside {root}")
-    return root / relative
+    return storage.join(root, relative)
 
 
 def read_info_csv(root) -> pd.DataFrame:
-    """Load and validate ``root/info.csv``; raise InfoCsvError listing every problem."""
-    root = Path(root)
-    path = root / "info.csv"
-    if not path.is_file():
+    """Load and validate ``root/info.csv`` (root: a folder or a URI); raise InfoCsvError listing every problem."""
+    root = root if storage.is_remote(root) else storage.local_path(root)
+    path = storage.join(root, "info.csv")
+    if not storage.is_file(path):
         raise InfoCsvError(f"{path} not found; a dataset folder needs an info.csv with columns {', '.join(REQUIRED_COLUMNS)}")
+    source = io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else path
     try:
-        info = pd.read_csv(path, dtype={c: "string" for c in REQUIRED_COLUMNS}, keep_default_na=True)
+        info = pd.read_csv(source, dtype={c: "string" for c in REQUIRED_COLUMNS}, keep_default_na=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise InfoCsvError(f"{path} cannot be parsed as CSV: {str(exc).splitlines()[0]}") from None
     problems: list[str] = []
@@ -105,7 +113,8 @@ def read_info_csv(root) -> pd.DataFrame:
 
 
 def info_hash(root) -> str:
-    return file_sha256(Path(root) / "info.csv")
+    path = storage.join(root, "info.csv")
+    return hashlib.sha256(storage.read_bytes(path)).hexdigest() if storage.is_remote(path) else file_sha256(path)
 
 
 def package_versions(names=("numpy", "pandas", "pyarrow", "h5py", "soundfile", "soxr", "symusic",

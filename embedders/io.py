@@ -21,7 +21,15 @@ SILENCE_PEAK = 1e-5
 
 
 def read_bytes(path: str | os.PathLike[str], item_id: str | None) -> bytes:
-    """Read a whole file; a missing one raises MissingFileError naming the item."""
+    """Read a whole file (a local path or a URI: s3://, gs://, ...); a missing one raises MissingFileError
+    naming the item. Other storage failures (credentials, network) are not the item's fault and propagate."""
+    from embedders import storage
+
+    if storage.is_remote(path):
+        try:
+            return storage.read_bytes(path)
+        except FileNotFoundError:
+            raise MissingFileError(item_id, f"file not found: {path}") from None
     try:
         with open(path, "rb") as fh:
             return fh.read()

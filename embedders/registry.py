@@ -18,6 +18,7 @@ BUILTIN_MODULES = (
     "embedders.audio.melstats",
     "embedders.symbolic.pianoroll",
     "embedders.symbolic.midi_transformer.embedder",
+    "embedders.symbolic.clamp",
 )
 _builtins_loaded = False
 

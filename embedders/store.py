@@ -17,9 +17,9 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute  # noqa: F401  (pa.compute.equal below needs the submodule loaded)
 
-from embedders.atomic import atomic_path
+from embedders import storage
 
 MEDIA = ("audio_embeddings", "symbolic_embeddings")
 ERROR_COLUMNS = ("id", "medium", "embedder", "stage", "error_type", "message")
@@ -36,14 +36,15 @@ def check_medium(medium: str) -> str:
     return medium
 
 
-def shard_dir(emb_dir: str | os.PathLike, medium: str, embedder: str) -> Path:
-    return Path(emb_dir) / "parquet" / check_medium(medium) / embedder
+def shard_dir(emb_dir: str | os.PathLike, medium: str, embedder: str) -> Path | str:
+    """A Path for a local store, a URI string for a remote one (s3://, gs://: see embedders.storage)."""
+    return storage.join(emb_dir, "parquet", check_medium(medium), embedder)
 
 
-def atomic_write_table(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file under a temporary name in the same folder, then rename over ``path``."""
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+def atomic_write_table(table: pa.Table, path: Path | str) -> None:
+    """Write a Parquet file whole: locally under a temporary name then renamed over ``path``; to an
+    object store as one upload (an object appears only when complete, so resume sees whole parts)."""
+    storage.write_parquet(table, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,25 +91,25 @@ class ShardWriter:
                 "config_hash": pa.array([self.config_hash] * len(self._ids), pa.string()),
             }
         ).replace_schema_metadata(self.metadata)
-        atomic_write_table(table, self.dir / f"part-{uuid.uuid4().hex}.parquet")
+        atomic_write_table(table, storage.join(self.dir, f"part-{uuid.uuid4().hex}.parquet"))
         self.rows_written += len(self._ids)
         self.parts_written += 1
         self._ids, self._seqs = [], []
 
 
-def part_files(emb_dir, medium: str, embedder: str) -> list[Path]:
-    return sorted(shard_dir(emb_dir, medium, embedder).glob(PART_GLOB))
+def part_files(emb_dir, medium: str, embedder: str) -> list[Path | str]:
+    return storage.glob(shard_dir(emb_dir, medium, embedder), PART_GLOB)
 
 
 def stored_embedders(emb_dir, medium: str) -> list[str]:
-    root = Path(emb_dir) / "parquet" / check_medium(medium)
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob(PART_GLOB))) if root.is_dir() else []
+    root = storage.join(emb_dir, "parquet", check_medium(medium))
+    return [name for name in storage.list_dirs(root) if storage.glob(storage.join(root, name), PART_GLOB)]
 
 
 def shard_hashes(emb_dir, medium: str, embedder: str) -> set[str]:
     hashes: set[str] = set()
     for part in part_files(emb_dir, medium, embedder):
-        hashes.update(pq.read_table(part, columns=["config_hash"]).column(0).unique().to_pylist())
+        hashes.update(storage.read_parquet(part, columns=["config_hash"]).column(0).unique().to_pylist())
     return hashes
 
 
@@ -126,7 +127,7 @@ def completed_ids(emb_dir, medium: str, embedder: str, config_hash: str) -> set[
     """Ids already embedded by this exact config: what a resumed run skips."""
     done: set[str] = set()
     for part in part_files(emb_dir, medium, embedder):
-        table = pq.read_table(part, columns=["id", "config_hash"])
+        table = storage.read_parquet(part, columns=["id", "config_hash"])
         mask = pa.compute.equal(table.column("config_hash"), config_hash)
         done.update(table.column("id").filter(mask).to_pylist())
     return done
@@ -135,7 +136,7 @@ def completed_ids(emb_dir, medium: str, embedder: str, config_hash: str) -> set[
 def remove_shards(emb_dir, medium: str, embedder: str) -> int:
     parts = part_files(emb_dir, medium, embedder)
     for part in parts:
-        part.unlink()
+        storage.remove(part)
     return len(parts)
 
 
@@ -143,7 +144,7 @@ def shard_description(emb_dir, medium: str, embedder: str) -> dict:
     parts = part_files(emb_dir, medium, embedder)
     if not parts:
         return {}
-    meta = pq.read_schema(parts[-1]).metadata or {}
+    meta = storage.read_parquet_schema(parts[-1]).metadata or {}
     return json.loads(meta.get(b"avs.description", b"{}"))
 
 
@@ -152,7 +153,7 @@ def iter_shard_rows(emb_dir, medium: str, embedder: str,
                     ) -> Iterator[dict[str, np.ndarray]]:
     """Yield one dict of arrays per part file: ids, n_frames, and averages (n, D) / flat sequences."""
     for part in part_files(emb_dir, medium, embedder):
-        table = pq.read_table(part, columns=list(columns))
+        table = storage.read_parquet(part, columns=columns)
         out: dict[str, np.ndarray] = {}
         for name in columns:
             col = table.column(name).combine_chunks()
@@ -166,13 +167,13 @@ def iter_shard_rows(emb_dir, medium: str, embedder: str,
 # ---------------------------------------------------------------------------------------------
 # Errors table
 # ---------------------------------------------------------------------------------------------
-def errors_path(emb_dir) -> Path:
-    return Path(emb_dir) / "errors.parquet"
+def errors_path(emb_dir) -> Path | str:
+    return storage.join(emb_dir, "errors.parquet")
 
 
 def read_errors(emb_dir) -> list[dict]:
     path = errors_path(emb_dir)
-    return pq.read_table(path).to_pylist() if path.exists() else []
+    return storage.read_parquet(path).to_pylist() if storage.exists(path) else []
 
 
 def write_errors(emb_dir, new_errors: Iterable[dict], *, resolved: Iterable[tuple[str, str, str]] = (),

@@ -38,6 +38,7 @@ import pandas as pd
 from analysis import plots, report
 from analysis.compare import compare_labels, compare_spaces
 from analysis.pooling import mean_std_pool, zscore_features
+from embedders import storage
 from embedders.h5store import load_pair
 from embedders.store import StoreError
 
@@ -55,8 +56,8 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ray_jobs.compare_embeddings", description=__doc__.split("\n")[0])
-    p.add_argument("--h5_path", required=True, help="consolidated embeddings.h5 (or a legacy-layout file)")
-    p.add_argument("--output_dir", required=True, help="folder for metrics.json/.csv, null_distributions.npz, report.html")
+    p.add_argument("--h5_path", required=True, help="consolidated embeddings.h5 (or a legacy-layout file): a path or a URI (s3://, gs://)")
+    p.add_argument("--output_dir", required=True, help="folder (or URI) for metrics.json/.csv, null_distributions.npz, report.html")
     p.add_argument("--label", default=None, help="metadata column to compare label structure on (e.g. composer, bpm)")
     p.add_argument("--audio_embedder", default=None, help="needed when the file holds several audio embedders")
     p.add_argument("--symbolic_embedder", default=None, help="needed when the file holds several symbolic embedders")
@@ -159,7 +160,7 @@ def _header(args, pair, payload, attrs, split_desc) -> list[tuple[str, str]]:
              if e["null_n_used"] != e["n_used"] and k.endswith("recall@1")]
     pooling = ("average (mean over frames)" if args.embedding_type == "average"
                else "sequence, pooled: mean and std over frames concatenated (2D)")
-    rows = [("h5 file", str(Path(args.h5_path).resolve())), ("dataset", str(attrs.get("dataset", "?"))),
+    rows = [("h5 file", storage.display(args.h5_path)), ("dataset", str(attrs.get("dataset", "?"))),
             ("embedders", f"audio <b>{pair.audio_embedder}</b> ({s['dim_x']}-d), symbolic "
                           f"<b>{pair.symbolic_embedder}</b> ({s['dim_y']}-d)"),
             ("embedding type", pooling),
@@ -191,12 +192,22 @@ GUIDE = ("How to read: each metric has its value, a bootstrap 95% CI and a permu
 
 
 def run(args) -> int:
-    started = time.perf_counter()
-    if not Path(args.h5_path).is_file():
-        return _fail(f"no embeddings file at {args.h5_path}; run python -m ray_jobs.generate_embeddings first")
+    """A remote --h5_path is read from a local copy; a remote --output_dir gets the outputs uploaded
+    once all four are written (a failed run uploads nothing)."""
     try:
-        pair = load_pair(args.h5_path, args.audio_embedder, args.symbolic_embedder, args.embedding_type, args.label)
-        attrs = _h5_attrs(args.h5_path)
+        if not storage.is_file(args.h5_path):
+            return _fail(f"no embeddings file at {args.h5_path}; run python -m ray_jobs.generate_embeddings first")
+        with storage.local_copy(args.h5_path) as h5_local, storage.local_output_dir(args.output_dir) as out_dir:
+            return _run(args, h5_local, out_dir)
+    except (storage.StorageError, OSError) as exc:  # an unreachable or misconfigured store
+        return _fail(f"{type(exc).__name__}: {exc}")
+
+
+def _run(args, h5_local: Path, out_dir: Path) -> int:
+    started = time.perf_counter()
+    try:
+        pair = load_pair(h5_local, args.audio_embedder, args.symbolic_embedder, args.embedding_type, args.label)
+        attrs = _h5_attrs(h5_local)
     except (StoreError, FileNotFoundError, ValueError, OSError, KeyError) as exc:
         return _fail(str(exc))
     if args.group_column and args.group_column not in pair.metadata.columns:
@@ -224,7 +235,7 @@ def run(args) -> int:
                                     max_n=args.max_n_kernel, **common)
     except ValueError as exc:
         return _fail(f"{exc} ({pair.counts['paired']} paired rows)")
-    payload = {"inputs": {"h5_path": str(Path(args.h5_path).resolve()), "dataset": attrs.get("dataset"),
+    payload = {"inputs": {"h5_path": storage.display(args.h5_path), "dataset": attrs.get("dataset"),
                           "audio_embedder": pair.audio_embedder, "symbolic_embedder": pair.symbolic_embedder,
                           "embedding_type": args.embedding_type,
                           "pooling": "mean" if args.embedding_type == "average" else "concat(mean, std) over frames",
@@ -241,7 +252,9 @@ def run(args) -> int:
                              header=_header(args, pair, clean, attrs, split_desc), guide=GUIDE, rows=rows,
                              label_html=report.label_table(clean["labels"]) if labels else None, figures=figures)
     clean["wall_time_s"] = time.perf_counter() - started
-    paths = report.write_outputs(args.output_dir, clean, nulls, rows, page)
+    paths = report.write_outputs(out_dir, clean, nulls, rows, page)
+    if storage.is_remote(args.output_dir):  # name where they will be, not the local staging folder
+        paths = {kind: storage.join(args.output_dir, Path(p).name) for kind, p in paths.items()}
     _print_summary(clean, paths)
     return 0
 

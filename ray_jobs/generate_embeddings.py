@@ -19,15 +19,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from embedders import storage
 from embedders.base import MEDIUM_BY_MODALITY, ConfigError
 from embedders.dataset import (InfoCsvError, dataset_dir, embeddings_dir, info_hash, package_versions,
                                read_info_csv)
 from embedders.h5store import consolidate
 from embedders.legacy import export_legacy
 from embedders.registry import available, get_embedder_class
-from embedders.store import (ShardWriter, StoreError, check_shard_config, completed_ids, remove_shards,
-                             write_errors)
-from ray_jobs.embedding_pipeline import MediumSpec, build_dataset
+from embedders.store import (ShardWriter, StoreError, check_shard_config, completed_ids, errors_path,
+                             remove_shards, write_errors)
+from ray_jobs.embedding_pipeline import MediumSpec, build_dataset, build_media_dataset
 
 PATH_COLUMN = {"audio_embeddings": "audio_filename", "symbolic_embeddings": "midi_filename"}
 
@@ -49,7 +50,7 @@ def parse_options(pairs: list[str], flag: str) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ray_jobs.generate_embeddings", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, help="folder name under <data_root>/raw/ holding info.csv")
-    p.add_argument("--data_root", default="data", help="root holding raw/ and embeddings/ (default: data)")
+    p.add_argument("--data_root", default="data", help="root holding raw/ and embeddings/: a folder or a URI such as s3://bucket/data or gs://bucket/data (default: data)")
     p.add_argument("--audio_embedder", default="melstats", help="audio embedder name (default: melstats)")
     p.add_argument("--symbolic_embedder", default="pianoroll", help="symbolic embedder name (default: pianoroll)")
     p.add_argument("--audio_option", action="append", default=[], metavar="KEY=VALUE", help="audio embedder config option (repeatable)")
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--media", default="audio_embeddings,symbolic_embeddings", help="comma-separated media to embed")
     p.add_argument("--num_gpus", type=float, default=0.0, help="GPUs per embedding actor (default 0: CPU actors)")
     p.add_argument("--batch_size", type=int, default=None, help="items per embedding batch (default: the embedder's)")
-    p.add_argument("--max_actors", type=int, default=None, help="largest embedding actor pool (default: half the CPUs, or the GPUs)")
+    p.add_argument("--max_actors", type=int, default=None, help="embedding actor pool size (default: one per CPU, each decoding its own batches; with --num_gpus, GPUs / --num_gpus)")
     p.add_argument("--rows_per_part", type=int, default=256, help="rows per Parquet part file (resume granularity)")
     p.add_argument("--overwrite", action="store_true", help="recompute everything for the chosen embedders")
     p.add_argument("--h5_layout", choices=("columnar", "legacy"), default="columnar", help="layout of embeddings.h5")
@@ -88,10 +89,35 @@ def medium_specs(args) -> list[MediumSpec]:
     return specs
 
 
-def run_medium(spec: MediumSpec, info, root: Path, emb_dir: Path, args) -> dict[str, Any]:
-    """Embed the pending rows of one medium, streaming results into shards; return its counts."""
-    import ray
+@dataclasses.dataclass
+class MediumRun:
+    """One medium during the job: its pending rows, shard writer, errors and counts."""
 
+    spec: MediumSpec
+    counts: dict[str, Any]
+    pending: list[dict[str, str]]
+    writer: ShardWriter | None
+    replaced: list[tuple[str, str]]
+    errors: list[dict] = dataclasses.field(default_factory=list)
+    succeeded: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+
+    def take(self, batch: dict[str, Any]) -> None:
+        """Route result rows (those of this medium, when the batch carries several) to shards or errors."""
+        mine = batch.get("medium")
+        for k, (item_id, seq, etype, message, stage) in enumerate(zip(
+                batch["id"], batch["sequence"], batch["error_type"], batch["error_message"], batch["stage"])):
+            if mine is not None and mine[k] != self.spec.medium:
+                continue
+            if etype:
+                self.errors.append({"id": str(item_id), "medium": self.spec.medium, "embedder": self.spec.embedder,
+                                    "stage": str(stage), "error_type": str(etype), "message": str(message)})
+            else:
+                self.writer.add(str(item_id), seq)
+                self.succeeded.append((str(item_id), self.spec.medium, self.spec.embedder))
+
+
+def start_medium(spec: MediumSpec, info, emb_dir: Path | str, args) -> MediumRun:
+    """Apply --overwrite, check the stored config, and find the rows of one medium still to embed."""
     cls = get_embedder_class(spec.embedder)
     config = cls.make_config(**spec.options)
     config_hash = cls.hash_config(config)
@@ -110,36 +136,64 @@ def run_medium(spec: MediumSpec, info, root: Path, emb_dir: Path, args) -> dict[
     counts = {"embedder": spec.embedder, "config": dataclasses.asdict(config), "config_hash": config_hash,
               "rows": len(ids), "skipped": skipped,
               "done": 0, "failed": 0, "seconds": 0.0}
-    errors: list[dict] = []
+    writer = None
     if pending:
-        started = time.perf_counter()
         description = {**cls.describe_config(config), "config_hash": config_hash}
         writer = ShardWriter(emb_dir, spec.medium, spec.embedder, config_hash, description, args.rows_per_part)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        max_actors = args.max_actors or (max(1, int(gpus / args.num_gpus)) if args.num_gpus > 0 else max(1, cpus // 2))
-        ds = build_dataset(pending, spec, str(root), batch_size=args.batch_size or cls.default_batch_size,
-                           max_actors=max_actors, num_gpus=args.num_gpus)
-        succeeded = []
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for item_id, seq, etype, message, stage in zip(batch["id"], batch["sequence"], batch["error_type"],
-                                                            batch["error_message"], batch["stage"]):
-                if etype:
-                    errors.append({"id": str(item_id), "medium": spec.medium, "embedder": spec.embedder,
-                                   "stage": str(stage), "error_type": str(etype), "message": str(message)})
-                else:
-                    writer.add(str(item_id), seq)
-                    succeeded.append((str(item_id), spec.medium, spec.embedder))
-        writer.flush()
-        counts.update(done=writer.rows_written, failed=len(errors), seconds=round(time.perf_counter() - started, 2))
-        write_errors(emb_dir, errors, resolved=succeeded, replaced_scopes=replaced)
-    elif replaced:
-        write_errors(emb_dir, [], replaced_scopes=replaced)
-    counts["valid_total"] = skipped + counts["done"]
+    return MediumRun(spec, counts, pending, writer, replaced)
+
+
+def embed_pending(runs: list[MediumRun], root: Path | str, args) -> None:
+    """Stream every pending row through Ray Data into the runs' writers.
+
+    With GPUs each medium has its own pipeline (CPU decode tasks feeding GPU actors); on CPUs only
+    all media go through one pool of actors that decode and embed (embedding_pipeline.MediaActor).
+    """
+    import ray
+
+    todo = [r for r in runs if r.pending]
+    if not todo:
+        return
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    max_actors = args.max_actors or (max(1, int(gpus / args.num_gpus)) if args.num_gpus > 0 else max(1, cpus))
+    batch_sizes = {r.spec.medium: args.batch_size or get_embedder_class(r.spec.embedder).default_batch_size for r in todo}
+    if args.num_gpus > 0:
+        for run in todo:
+            started = time.perf_counter()
+            ds = build_dataset(run.pending, run.spec, str(root), batch_size=batch_sizes[run.spec.medium],
+                               max_actors=max_actors, num_gpus=args.num_gpus)
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                run.take(batch)
+            run.counts["seconds"] = round(time.perf_counter() - started, 2)
+        return
+    started = time.perf_counter()
+    paths = [{row["id"]: row["path"] for row in run.pending} for run in todo]
+    rows = [{"id": item_id, **{f"path_{k}": p.get(item_id, "") for k, p in enumerate(paths)}}
+            for item_id in dict.fromkeys(row["id"] for run in todo for row in run.pending)]
+    ds = build_media_dataset(rows, [r.spec for r in todo], str(root), batch_size=min(batch_sizes.values()),
+                             max_actors=max_actors)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for run in todo:
+            run.take(batch)
+    for run in todo:  # one pass embedded all media: each medium's time is the pass's
+        run.counts["seconds"] = round(time.perf_counter() - started, 2)
+
+
+def finish_medium(run: MediumRun, emb_dir: Path | str) -> dict[str, Any]:
+    """Flush the shards, merge the errors into errors.parquet, print the failures; return the counts."""
+    counts, errors = run.counts, run.errors
+    if run.writer is not None:
+        run.writer.flush()
+        counts.update(done=run.writer.rows_written, failed=len(errors))
+        write_errors(emb_dir, errors, resolved=run.succeeded, replaced_scopes=run.replaced)
+    elif run.replaced:
+        write_errors(emb_dir, [], replaced_scopes=run.replaced)
+    counts["valid_total"] = counts["skipped"] + counts["done"]
     for err in errors[:20]:
         print(f"  failed {err['id']} [{err['stage']}] {err['error_type']}: {err['message']}")
     if len(errors) > 20:
-        print(f"  ... and {len(errors) - 20} more in {emb_dir / 'errors.parquet'}")
+        print(f"  ... and {len(errors) - 20} more in {errors_path(emb_dir)}")
     return counts
 
 
@@ -150,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         specs = medium_specs(args)
         info = read_info_csv(root)
-    except (InfoCsvError, ConfigError) as exc:
+    except (InfoCsvError, ConfigError, storage.StorageError, OSError) as exc:  # OSError: an unreachable store
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from ray_jobs._ray import ensure_ray
@@ -159,26 +213,32 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     summary: dict[str, Any] = {"dataset": args.dataset, "rows": len(info), "media": {}}
     try:
-        for spec in specs:
-            summary["media"][spec.medium] = run_medium(spec, info, root, emb_dir, args)
+        runs = [start_medium(spec, info, emb_dir, args) for spec in specs]
+        embed_pending(runs, root, args)
+        for run in runs:
+            summary["media"][run.spec.medium] = finish_medium(run, emb_dir)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    h5_path = emb_dir / "embeddings.h5"
+    h5_path = storage.join(emb_dir, "embeddings.h5")
     provenance = {
         "dataset": args.dataset, "info_csv_sha256": info_hash(root), "layout": "columnar",
         "package_versions": package_versions(), "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    summary["h5"] = consolidate(emb_dir, info, h5_path, provenance=provenance)
-    if args.h5_layout == "legacy":
-        # export_legacy writes a temporary file beside its target and renames it over the columnar one
-        export_legacy(h5_path, h5_path, {s.medium: s.embedder for s in specs})
+    # HDF5 needs a local, seekable file: a remote store is consolidated from a local copy of its
+    # shards into a local file that is uploaded once complete (local stores are used in place).
+    with storage.local_copy(storage.join(emb_dir, "parquet"), missing_ok=True) as local_parquet, \
+            storage.local_output_file(h5_path) as local_h5:
+        summary["h5"] = consolidate(local_parquet.parent, info, local_h5, provenance=provenance)
+        if args.h5_layout == "legacy":
+            # export_legacy writes a temporary file beside its target and renames it over the columnar one
+            export_legacy(local_h5, local_h5, {s.medium: s.embedder for s in specs})
     summary["h5_path"] = str(h5_path)
     summary["h5_layout"] = args.h5_layout
     summary["seconds"] = round(time.perf_counter() - started, 2)
     print_summary(summary)
-    (emb_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    storage.write_bytes(storage.join(emb_dir, "summary.json"), json.dumps(summary, indent=2).encode())
     embedded = sum(m["valid_total"] for m in summary["media"].values())
     return 0 if embedded > 0 else 1
 

@@ -11,7 +11,9 @@ Writes under ``<data_root>/raw/<dataset>/``: ``midi/<id>.mid`` (written from the
 ``.build/<id>.json`` (one record per built work, the resume state). Each Ray task parses one work
 and writes its files atomically; the record is written last. A rerun skips works whose record,
 MIDI and WAV exist and whose record was made with the same settings (``build_hash``).
-Under ``ray job submit`` with several nodes, ``data_root`` must be a shared filesystem.
+``--data_root`` may be a URI (``s3://bucket/data``, ``gs://...``): every task then writes its files
+straight to the store from its own node, so a cluster needs no shared filesystem. A local
+``data_root`` under ``ray job submit`` with several nodes must be a shared filesystem.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections import Counter, defaultdict
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-from embedders.atomic import atomic_write_bytes
+from embedders import storage
 from ray_jobs import dataset_build as db
 
 CSV_COLUMNS = ("id", "audio_filename", "midi_filename", "composer", "era", "time_signature", "key",
@@ -54,7 +56,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     p = argparse.ArgumentParser(prog="python -m ray_jobs.prepare_dataset", description=__doc__.splitlines()[0])
     p.add_argument("--source", default="music21", choices=["music21"], help="where the scores come from")
     p.add_argument("--dataset", default="music21", help="dataset name: writes <data_root>/raw/<dataset>/")
-    p.add_argument("--data_root", default="data")
+    p.add_argument("--data_root", default="data", help="a folder or a URI (s3://bucket/data, gs://...)")
     p.add_argument("--limit", type=int, default=None, help="a balanced subset of N works (round-robin over composers)")
     p.add_argument("--per_composer", type=int, default=DEFAULT_PER_COMPOSER, help="works per composer/collection")
     p.add_argument("--composers", default=None,
@@ -72,7 +74,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     if not 0 <= args.program <= 127:
         p.error("--program must be a General MIDI program 0-127")
     args.soundfont = args.soundfont or default_soundfont()
-    if not os.path.isfile(args.soundfont):
+    if not storage.is_file(args.soundfont):
         p.error(f"--soundfont: SoundFont file not found: {args.soundfont}")
     args.composers = [c for c in (args.composers.split(",") if args.composers else db.DEFAULT_COMPOSERS) if c]
     unknown = [c for c in args.composers if c not in db.ERA]
@@ -144,19 +146,19 @@ def build_hash(args: argparse.Namespace, soundfont_bytes: bytes) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _paths(dataset_dir: Path, work_id: str) -> tuple[Path, Path, Path]:
-    return (dataset_dir / "midi" / f"{work_id}.mid", dataset_dir / "audio" / f"{work_id}.wav",
-            dataset_dir / ".build" / f"{work_id}.json")
+def _paths(dataset_dir: Path | str, work_id: str) -> tuple[Path | str, Path | str, Path | str]:
+    return (storage.join(dataset_dir, "midi", f"{work_id}.mid"), storage.join(dataset_dir, "audio", f"{work_id}.wav"),
+            storage.join(dataset_dir, ".build", f"{work_id}.json"))
 
 
-def load_done(dataset_dir: Path, work_id: str, settings_hash: str) -> dict[str, Any] | None:
+def load_done(dataset_dir: Path | str, work_id: str, settings_hash: str) -> dict[str, Any] | None:
     """The record of a work already built with these settings whose two files exist, else None."""
     midi, audio, record_path = _paths(dataset_dir, work_id)
     try:
-        record = json.loads(record_path.read_text())
+        record = json.loads(storage.read_bytes(record_path))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    if record.get("build_hash") != settings_hash or not (midi.is_file() and audio.is_file()):
+    if record.get("build_hash") != settings_hash or not (storage.is_file(midi) and storage.is_file(audio)):
         return None
     return record
 
@@ -170,8 +172,7 @@ def build_one(row: dict[str, Any], *, dataset_dir: str, soundfont: str, seed: in
     work = db.Work(**json.loads(row["work"]))
     out = {"id": work.id, "corpus_path": work.corpus_path, "status": "failed", "reason": "", "record": ""}
     if soundfont not in _SOUNDFONTS:
-        with open(soundfont, "rb") as fh:
-            _SOUNDFONTS[soundfont] = fh.read()
+        _SOUNDFONTS[soundfont] = storage.read_bytes(soundfont)
     started = time.perf_counter()
     try:
         score = parse_work(work)
@@ -181,10 +182,9 @@ def build_one(row: dict[str, Any], *, dataset_dir: str, soundfont: str, seed: in
         wav_bytes, audio_seconds = db.render_audio(midi_bytes, _SOUNDFONTS[soundfont])
     except db.WorkError as exc:
         return {**out, "reason": str(exc)}
-    root = Path(dataset_dir)
-    midi_path, audio_path, record_path = _paths(root, work.id)
-    atomic_write_bytes(midi_path, midi_bytes)
-    atomic_write_bytes(audio_path, wav_bytes)
+    midi_path, audio_path, record_path = _paths(dataset_dir, work.id)
+    storage.write_bytes(midi_path, midi_bytes)  # atomic locally, one upload on an object store
+    storage.write_bytes(audio_path, wav_bytes)
     ts = conv.time_signature
     record = {
         "id": work.id, "audio_filename": f"audio/{work.id}.wav", "midi_filename": f"midi/{work.id}.mid",
@@ -196,18 +196,18 @@ def build_one(row: dict[str, Any], *, dataset_dir: str, soundfont: str, seed: in
         "audio_seconds": round(audio_seconds, 3), "build_seconds": round(time.perf_counter() - started, 2),
         "build_hash": settings_hash,
     }
-    atomic_write_bytes(record_path, json.dumps(record, indent=1).encode())
+    storage.write_bytes(record_path, json.dumps(record, indent=1).encode())
     return {**out, "status": "built", "record": json.dumps(record)}
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+def write_csv(path: Path | str, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
     import pandas as pd
 
-    atomic_write_bytes(path, pd.DataFrame(rows, columns=list(columns)).to_csv(index=False).encode())
+    storage.write_bytes(path, pd.DataFrame(rows, columns=list(columns)).to_csv(index=False).encode())
 
 
-def _disk_bytes(dataset_dir: Path, records: list[dict[str, Any]]) -> int:
-    return sum((dataset_dir / r[col]).stat().st_size for r in records for col in ("audio_filename", "midi_filename"))
+def _disk_bytes(dataset_dir: Path | str, records: list[dict[str, Any]]) -> int:
+    return sum(storage.file_size(storage.join(dataset_dir, r[col])) for r in records for col in ("audio_filename", "midi_filename"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,11 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     if not works:
         print(f"no works of {args.composers} fit --max_seconds {args.max_seconds}; nothing to build")
         return 1
-    dataset_dir = Path(args.data_root) / "raw" / args.dataset
-    for sub in ("midi", "audio", ".build"):
-        (dataset_dir / sub).mkdir(parents=True, exist_ok=True)
-    with open(args.soundfont, "rb") as fh:
-        settings_hash = build_hash(args, fh.read())
+    dataset_dir = storage.join(args.data_root, "raw", args.dataset)
+    if not storage.is_remote(dataset_dir):
+        for sub in ("midi", "audio", ".build"):
+            (dataset_dir / sub).mkdir(parents=True, exist_ok=True)
+    settings_hash = build_hash(args, storage.read_bytes(args.soundfont))
     records: dict[str, dict[str, Any]] = {}
     todo = []
     for work in works:
@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
 
         ensure_ray(args.num_cpus)
         items = [{"work": json.dumps(dataclasses.asdict(w))} for w in todo]
-        kwargs = dict(dataset_dir=str(dataset_dir.resolve()), soundfont=os.path.abspath(args.soundfont),
+        # absolute paths (or URIs): tasks on other nodes, or in another working directory, see the same
+        kwargs = dict(dataset_dir=storage.display(dataset_dir), soundfont=storage.display(args.soundfont),
                       seed=args.seed, max_seconds=args.max_seconds, program=args.program, settings_hash=settings_hash)
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
         for row in dataset.map(build_one, fn_kwargs=kwargs, num_cpus=1).take_all():
@@ -251,19 +252,19 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 failures.append({k: row[k] for k in FAILURE_COLUMNS})
     failures.sort(key=lambda f: f["id"])
-    write_csv(dataset_dir / "build_failures.csv", failures, FAILURE_COLUMNS)
+    write_csv(storage.join(dataset_dir, "build_failures.csv"), failures, FAILURE_COLUMNS)
     rows = [records[w.id] for w in works if w.id in records]  # works are sorted by id
     for row, split in zip(rows, db.assign_splits([r["id"] for r in rows], [r["composer"] for r in rows])):
         row["split"] = split
     if rows:
-        write_csv(dataset_dir / "info.csv", rows, CSV_COLUMNS)
+        write_csv(storage.join(dataset_dir, "info.csv"), rows, CSV_COLUMNS)
     for f in failures:
         print(f"  FAILED {f['id']} ({f['corpus_path']}): {f['reason']}")
     per_composer = Counter(r["composer"] for r in rows)
     splits = Counter(r["split"] for r in rows)
     minutes = sum(r["audio_seconds"] for r in rows) / 60
     print(f"prepare_dataset: built {len(rows) - skipped}, skipped (already present) {skipped}, failed {len(failures)}"
-          f" in {time.perf_counter() - started:.1f} s; {len(rows)} rows in {dataset_dir / 'info.csv'}")
+          f" in {time.perf_counter() - started:.1f} s; {len(rows)} rows in {storage.join(dataset_dir, 'info.csv')}")
     print(f"  per composer: {dict(sorted(per_composer.items()))}")
     print(f"  splits: {dict(splits)}; audio {minutes:.1f} min; "
           f"{_disk_bytes(dataset_dir, rows) / 2**20:.1f} MiB of MIDI+WAV")

@@ -141,7 +141,7 @@ def run(cfg: DictConfig, fail_at_epoch: int | None = None) -> dict[str, Any]:
         "train_files": [str(Path(f).absolute()) for f in splits["train"]],
         "val_files": [str(Path(f).absolute()) for f in splits["validation"]],
         "viz_files": [str(Path(f).absolute()) for f in viz_files], "viz_meta": viz_meta.to_dict("records"),
-        "batch_size": t.batch_size, "epochs": t.epochs, "learning_rate": t.learning_rate,
+        "batch_size": t.batch_size, "bucket_by_length": bool(t.bucket_by_length), "epochs": t.epochs, "learning_rate": t.learning_rate,
         "weight_decay": t.weight_decay, "warmup_steps": t.warmup_steps, "grad_clip": t.grad_clip,
         "seed": cfg.seed, "model_name": t.model_name, "run_dir": str(paths["run_dir"]),
         "viz_interval": cfg.mlflow.viz_interval,

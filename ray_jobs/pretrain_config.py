@@ -20,6 +20,7 @@ class TrainConfig:
     nhead: int = MISSING
     num_layers: int = MISSING
     batch_size: int = MISSING
+    bucket_by_length: bool = MISSING
     epochs: int = MISSING
     learning_rate: float = MISSING
     weight_decay: float = MISSING

@@ -37,13 +37,19 @@ def load_page(path: Path, budget_ms: int = 8000) -> tuple[str, list[str]]:
     The log does not keep console levels apart, so any console output counts: the project's pages
     write none when they work.
     """
+    return load_url(Path(path).absolute().as_uri(), budget_ms)
+
+
+def load_url(url: str, budget_ms: int = 8000, window_size: str | None = None) -> tuple[str, list[str]]:
+    """``load_page`` for any URL (e.g. a server on 127.0.0.1); ``window_size`` "W,H" renders more of a long page."""
     binary = chromium_or_skip()
+    size = [f"--window-size={window_size}"] if window_size else []
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.run(
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=1",
-             f"--virtual-time-budget={budget_ms}", "--dump-dom", Path(path).absolute().as_uri()],
+             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=1", *size,
+             f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
             capture_output=True, text=True, timeout=120,
         )
     errors = [message for message, _source in _CONSOLE.findall(proc.stderr)]

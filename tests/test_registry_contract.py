@@ -15,10 +15,12 @@ from embedders.io import midi_duration_seconds
 from embedders.registry import available, get_embedder, get_embedder_class, register
 from tests.factory import scale_notes, score_from_notes, sine_wave
 from tests.midi_model_factory import tiny_checkpoint
+from tests.pretrained_factories.clamp import clamp_contract_config
 
 # name -> callable(tmp_path_factory) -> config options (for embedders that need checkpoints)
 CONFIG_FACTORIES: dict[str, callable] = {
     "midi_transformer": lambda tmp: {"checkpoint": str(tiny_checkpoint(tmp.mktemp("midi_transformer")))},
+    "clamp": clamp_contract_config,
 }
 
 

@@ -194,6 +194,10 @@ class MIDIDatasetPresaved(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def lengths(self) -> list[int]:
+        """Token count of every item, from the cache index (no tokens are read)."""
+        return [int(self.entries[f]["chunks"][c][1]) for f, c in self.items]
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         f, c = self.items[i]
         entry = self.entries[f]
@@ -215,11 +219,14 @@ class MIDIDatasetDynamic(Dataset):
         self.files = [os.fspath(f) for f in files]
         self.tokenizer, self.max_seq_len = tokenizer, int(max_seq_len)
         self.errors: dict[str, str] = {}
+        self._lengths: dict[tuple[int, int], int] = {}
         if chunks == "all":
             counts = []
             for f in self.files:
                 try:
-                    counts.append(len(tokenize_to_chunks(tokenizer, f, self.max_seq_len)))
+                    file_chunks = tokenize_to_chunks(tokenizer, f, self.max_seq_len)
+                    self._lengths.update({(len(counts), c): len(x) for c, x in enumerate(file_chunks)})
+                    counts.append(len(file_chunks))
                 except ItemError as exc:
                     self.errors[f] = f"{type(exc).__name__}: {exc.reason}"
                     counts.append(0)
@@ -233,6 +240,14 @@ class MIDIDatasetDynamic(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def lengths(self) -> list[int]:
+        """Token count of every item (known from construction with chunks="all", else tokenized now)."""
+        missing = sorted({f for f, c in self.items if (f, c) not in self._lengths})
+        for f in missing:
+            self._lengths.update({(f, c): len(x) for c, x in
+                                  enumerate(tokenize_to_chunks(self.tokenizer, self.files[f], self.max_seq_len))})
+        return [self._lengths[item] for item in self.items]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         f, c = self.items[i]

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from embedders.symbolic.midi_transformer import tokenizer as tk
 from training.midi_datasets import MIDIDatasetDynamic, MIDIDatasetPresaved, collate
+from training.length_buckets import LengthBucketBatchSampler
 from training.pretrain_loop import evaluate, make_optimizer, make_scheduler, train_one_epoch
 from embedders.symbolic.midi_transformer.transformer import MIDITransformerConfig, MIDITransformerEncoder, save_checkpoint, unwrap
 from training.visualize import animation_page, file_embeddings, scatter_page, tsne_2d
@@ -105,11 +106,18 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
     train_ds = make_dataset(cfg, cfg["train_files"], tokenizer)
     val_ds = make_dataset(cfg, cfg["val_files"], tokenizer)
-    loader = DataLoader(train_ds, batch_size=cfg["batch_size"], shuffle=True, drop_last=False,
-                        collate_fn=functools.partial(collate, pad_id=pad_id),
-                        generator=torch.Generator().manual_seed(cfg["seed"]))
-    # Batches stay on the CPU: masking draws from a CPU generator, so masks do not depend on the device.
-    loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+    if cfg.get("bucket_by_length"):
+        # Items of similar length per batch (little padding); the sampler gives each rank its share.
+        sampler = LengthBucketBatchSampler(train_ds.lengths(), cfg["batch_size"], num_replicas=world, rank=rank,
+                                           seed=cfg["seed"])
+        loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=functools.partial(collate, pad_id=pad_id))
+        loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False, move_to_device=False)
+    else:
+        loader = DataLoader(train_ds, batch_size=cfg["batch_size"], shuffle=True, drop_last=False,
+                            collate_fn=functools.partial(collate, pad_id=pad_id),
+                            generator=torch.Generator().manual_seed(cfg["seed"]))
+        # Batches stay on the CPU: masking draws from a CPU generator, so masks do not depend on the device.
+        loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
     # Evaluation runs on the unwrapped module (DDP's forward would sync buffers, and shards may be
     # uneven), each worker on every world-th item; the sums are then added over workers.
     val_loader = DataLoader(Subset(val_ds, range(rank, len(val_ds), world)), batch_size=cfg["batch_size"],
@@ -136,8 +144,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     client = _mlflow_client(cfg) if rank == 0 else None
     viz_ds = make_dataset(cfg, cfg["viz_files"], tokenizer) if rank == 0 and cfg["viz_interval"] > 0 else None
     for epoch in range(start_epoch, cfg["epochs"]):
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
+        for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
         gen = torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch * world + rank)
         tr = train_one_epoch(model, loader, optimizer, scheduler, device, amp_dtype, cfg["grad_clip"], gen)
         va = evaluate(unwrap(model), val_loader, device, generator_seed=cfg["seed"], amp_dtype=amp_dtype)

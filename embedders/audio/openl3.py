@@ -1,0 +1,351 @@
+"""``openl3``: OpenL3 audio embeddings (Cramer et al., ICASSP 2019) through torchopenl3's PyTorch port.
+
+Input: mono float32 waveforms at 48 kHz (OpenL3's rate; the job decodes to it). OpenL3 embeds 1 s
+windows. Frame t covers [t * hop_seconds, t * hop_seconds + 1 s) by default (``center=False``),
+which with the default hop of 0.5 s is the project's ``FrameGrid(0.5, 1.0)``, the grid of
+``melstats`` and ``pianoroll``, so OpenL3 frames line up with the other embedders' frame by frame.
+``center=True`` is OpenL3's own convention: frame t is centred on t * hop_seconds and covers
+[t * hop - 0.5 s, t * hop + 0.5 s). Either way T = FrameGrid.n_frames(duration) = ceil(duration /
+hop) (>= 1), and windows reaching past either end of the recording are zero-padded, as OpenL3 pads
+(so a recording shorter than 1 s gives frames of padded audio rather than an error).
+torchopenl3's ``get_audio_embedding`` frames the same way but stops one window earlier with
+``center=False`` (its last window must start within duration - 1 s, rounded up to a hop): its
+frames are a prefix of ours, equal up to float rounding; with ``center=True`` and hop 0.5 s the
+frame counts agree too.
+
+Model: ``torchopenl3.models.PytorchOpenl3(content_type, input_repr, embedding_size)``: a fixed
+spectrogram front end (``linear``: 257-bin STFT; ``mel128`` / ``mel256``: mel bands; dB scaled,
+each 1 s window normalised to its own maximum, floor -80 dB) and a 4.7M-parameter CNN whose final
+max-pooling gives 512 or 6144 values per window. ``content_type`` (music / env) selects the
+training data of the weights; the architecture does not depend on it.
+
+Weights (never downloaded here): the file torchopenl3 fetches on first use,
+``torchopenl3_<input_repr>_<content_type>_<embedding_size>.pth.tar`` (a ``torch.save``d flat state
+dict of ``PytorchOpenl3``: conv/batch-norm tensors plus the front end's DFT kernels and mel basis)
+from ``WEIGHTS_URL``, read from ``checkpoint`` (``--audio_checkpoint PATH``) or from torch hub's
+cache, ``torch.hub.get_dir()/checkpoints/`` (``$TORCH_HOME/hub/checkpoints``, by default
+``~/.cache/torch/hub/checkpoints``), where torchopenl3 keeps it. The stored front-end buffers are
+loaded too: they hold the mel basis of the librosa version that made the weights, which current
+librosa no longer reproduces (its ``norm=1`` changed meaning).
+
+Compute: frames of every item in a call are batched together, ``batch_size`` windows per forward,
+on CUDA when visible (a Ray actor with ``num_gpus``). ``precision`` auto = bf16 autocast on CUDA
+(fp16 where bf16 is unsupported), fp32 on CPU; the dB front end always runs in fp32 (its power
+spectrum overflows fp16 and its 1e-10 floor underflows it), only the CNN runs in reduced precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from embedders.base import (AudioDecodeError, CheckpointError, ConfigError, Embedder, EmbedderConfig,
+                            EmptyInputError, FrameGrid, MissingDependencyError)
+from embedders.registry import register
+
+SAMPLE_RATE = 48000
+WINDOW_SECONDS = 1.0
+CONTENT_TYPES = ("music", "env")
+INPUT_REPRS = ("mel256", "mel128", "linear")
+EMBEDDING_SIZES = (512, 6144)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+WEIGHTS_URL = "https://github.com/torchopenl3/torchopenl3-models/raw/master/"
+WEIGHTS_LICENCE = ("the torchopenl3-models repository releases these ports of the OpenL3 weights under "
+                   "Apache-2.0; the original OpenL3 release (github.com/marl/openl3) is MIT-licensed")
+_NAME_RE = re.compile(r"^torchopenl3_(linear|mel128|mel256)_(music|env)_(512|6144)\.pth\.tar$")
+_CACHE: dict[tuple, Any] = {}  # per process: models and file digests, keyed by file version
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenL3Config(EmbedderConfig):
+    content_type: str = "music"  # music | env: which training data the weights come from
+    input_repr: str = "mel256"  # mel256 | mel128 | linear: OpenL3's default is mel256
+    # 512 | 6144. 512 by default: 6144 floats per half second is ~176 MB per hour of audio in the
+    # store, and the two differ only in the last pooling of the same network.
+    embedding_size: int = 512
+    hop_seconds: float = 0.5  # 0.5: the project's FrameGrid (same frames as melstats)
+    center: bool = False  # False: frame t starts at t * hop; True: centred on it (OpenL3's default)
+    checkpoint: str = ""  # weights file; "" = torch hub's cache, where torchopenl3 keeps it
+    batch_size: int = 0  # 1 s windows per forward pass; 0: 128 on CUDA, 16 on CPU
+    device: str = "auto"  # auto: cuda when visible (a Ray actor with num_gpus), else cpu
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; fp32 | bf16 | fp16
+
+    def __post_init__(self) -> None:
+        for field, value, choices in (("content_type", self.content_type, CONTENT_TYPES),
+                                      ("input_repr", self.input_repr, INPUT_REPRS),
+                                      ("embedding_size", self.embedding_size, EMBEDDING_SIZES),
+                                      ("precision", self.precision, PRECISIONS)):
+            if value not in choices:
+                raise ConfigError(f"openl3: {field} must be one of {list(choices)}, got {value!r}")
+        if not self.hop_seconds > 0:
+            raise ConfigError(f"openl3: hop_seconds must be > 0, got {self.hop_seconds}")
+        if abs(self.hop_seconds * SAMPLE_RATE - round(self.hop_seconds * SAMPLE_RATE)) > 1e-6:
+            raise ConfigError(f"openl3: hop_seconds * {SAMPLE_RATE} must be a whole number of samples, "
+                              f"got hop_seconds={self.hop_seconds}")
+        if self.batch_size < 0:
+            raise ConfigError(f"openl3: batch_size must be >= 0 (0: automatic), got {self.batch_size}")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ConfigError(f"openl3: device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    @property
+    def window_seconds(self) -> float:
+        """OpenL3's window is fixed at 1 s."""
+        return WINDOW_SECONDS
+
+    @property
+    def weights_file_name(self) -> str:
+        return f"torchopenl3_{self.input_repr}_{self.content_type}_{self.embedding_size}.pth.tar"
+
+
+# -- weights ----------------------------------------------------------------------------------
+def hub_checkpoint_dir() -> str:
+    """Where ``torch.hub.load_state_dict_from_url`` (and so torchopenl3) caches weight files."""
+    import torch
+
+    return os.path.join(torch.hub.get_dir(), "checkpoints")
+
+
+def how_to_get(config: OpenL3Config) -> str:
+    name = config.weights_file_name
+    return (f"download {WEIGHTS_URL}{name} ({WEIGHTS_LICENCE}) and pass it with --audio_checkpoint PATH "
+            f"(embedder option checkpoint=PATH), or put it in torch hub's cache as "
+            f"{os.path.join(hub_checkpoint_dir(), name)} (set TORCH_HOME to move the cache), where torchopenl3 "
+            f"itself stores it on first use. This embedder never downloads")
+
+
+def weights_path(config: OpenL3Config) -> str:
+    """The weights file for ``config``: its ``checkpoint``, else the file in torch hub's cache."""
+    if config.checkpoint:
+        if not os.path.isfile(config.checkpoint):
+            raise CheckpointError(f"OpenL3 weights not found: {config.checkpoint}; {how_to_get(config)}")
+        match = _NAME_RE.match(os.path.basename(config.checkpoint))
+        if match and match.groups() != (config.input_repr, config.content_type, str(config.embedding_size)):
+            # 512 and 6144 (and music and env) weights have identical shapes: only the name tells them apart
+            raise CheckpointError(
+                f"OpenL3 weights {config.checkpoint} are named for input_repr={match[1]}, content_type={match[2]}, "
+                f"embedding_size={match[3]}, but the embedder is configured for input_repr={config.input_repr}, "
+                f"content_type={config.content_type}, embedding_size={config.embedding_size}; set the options to "
+                f"match the file (--audio_option KEY=VALUE) or pass {config.weights_file_name}")
+        return config.checkpoint
+    path = os.path.join(hub_checkpoint_dir(), config.weights_file_name)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"OpenL3 weights {config.weights_file_name} are neither given (checkpoint / "
+                              f"--audio_checkpoint) nor in torch hub's cache at {path}; {how_to_get(config)}")
+    return path
+
+
+def _file_key(path: str) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return os.path.abspath(path), int(st.st_size), int(st.st_mtime_ns)
+
+
+def weights_sha256(path: str) -> str:
+    key = ("sha256", *_file_key(path))
+    if key not in _CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+        _CACHE[key] = digest.hexdigest()
+    return _CACHE[key]
+
+
+def read_state_dict(path: str) -> dict[str, Any]:
+    """The state dict in a weights file, read as ``torch.hub`` reads its cache (weights only)."""
+    import torch
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                members = zf.infolist()
+                if len(members) == 1 and not members[0].is_dir():  # torch.hub's legacy zipped checkpoint
+                    return torch.load(io.BytesIO(zf.read(members[0])), map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        raise CheckpointError(f"OpenL3 weights {path} are not a readable torch state dict: "
+                              f"{type(exc).__name__}: {str(exc)[:300]}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"OpenL3 weights {path} hold a {type(state).__name__}, not a flat state dict of "
+                              "tensors as torchopenl3 publishes them")
+    return state
+
+
+def _import_torchopenl3():
+    """torchopenl3's model module; its package imports resampy, which imports pkg_resources."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            from torchopenl3 import models
+    except ModuleNotFoundError as exc:
+        if exc.name == "pkg_resources":
+            raise MissingDependencyError("openl3", "setuptools<81 (resampy, which torchopenl3 imports, needs "
+                                         "its pkg_resources module)", "openl3") from None
+        raise MissingDependencyError("openl3", exc.name or "torchopenl3", "openl3") from None
+    return models
+
+
+def build_model(config: OpenL3Config, state: dict[str, Any]):
+    """torchopenl3's network for ``config`` with ``state`` loaded strictly, in eval mode, on CPU."""
+    models = _import_torchopenl3()
+    with warnings.catch_warnings():  # current librosa warns about empty mel filters; the file's basis replaces them
+        warnings.filterwarnings("ignore", message="Empty filters detected", category=UserWarning)
+        model = models.PytorchOpenl3(content_type=config.content_type, input_repr=config.input_repr,
+                                     embedding_size=config.embedding_size)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"OpenL3 weights do not fit torchopenl3's {config.input_repr} network: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, wrong shape {[(k, got[k], expected[k]) for k in wrong[:3]]} "
+            f"({len(missing)}/{len(unexpected)}/{len(wrong)} in all); is input_repr right for this file?")
+    model.load_state_dict(state, strict=True)
+    model.speclayer = _fp32_front_end(model.speclayer)  # after loading: keys stay torchopenl3's
+    return model.eval().requires_grad_(False)
+
+
+def _fp32_front_end(inner):
+    """Wrap the spectrogram front end to run outside autocast: fp16 would overflow its power spectrum."""
+    import torch
+
+    class FP32FrontEnd(torch.nn.Module):
+        def __init__(self, wrapped: torch.nn.Module):
+            super().__init__()
+            self.inner = wrapped
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(x.device.type, enabled=False):
+                return self.inner(x.float())
+
+    return FP32FrontEnd(inner)
+
+
+# -- the embedder ----------------------------------------------------------------------------
+@register
+class OpenL3(Embedder):
+    name: ClassVar[str] = "openl3"
+    modality: ClassVar[str] = "audio"
+    sample_rate: ClassVar[int] = SAMPLE_RATE
+    Config: ClassVar[type[EmbedderConfig]] = OpenL3Config
+    dim = 512  # default config; 6144 with embedding_size=6144
+    hop_seconds = 0.5
+    default_batch_size: ClassVar[int] = 8  # recordings per call; frames are batched across them
+
+    def __init__(self, config: OpenL3Config | None = None):
+        super().__init__(config)
+        cfg: OpenL3Config = self.config  # type: ignore[assignment]
+        _import_torchopenl3()  # a missing extra fails before the weights are looked for
+        import torch
+
+        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"openl3: device {cfg.device!r} requested but CUDA is not available here")
+        self.device = torch.device(device)
+        if cfg.precision in ("bf16", "fp16") and self.device.type != "cuda":
+            raise ConfigError(f"openl3: precision={cfg.precision} is autocast on CUDA only, and this embedder runs on "
+                              f"{self.device}; use precision=fp32 or auto")
+        self.autocast_dtype = None
+        if cfg.precision == "auto" and self.device.type == "cuda":
+            self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif cfg.precision in ("bf16", "fp16"):
+            self.autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+        self.batch_size = cfg.batch_size or (128 if self.device.type == "cuda" else 16)
+        self.grid = FrameGrid(cfg.hop_seconds, WINDOW_SECONDS)
+        self.hop_seconds = cfg.hop_seconds
+        self.hop_samples = int(round(cfg.hop_seconds * SAMPLE_RATE))
+        self.window_samples = int(WINDOW_SECONDS * SAMPLE_RATE)
+        self.weights_path = weights_path(cfg)
+        key = ("model", *_file_key(self.weights_path), cfg.content_type, cfg.input_repr, cfg.embedding_size,
+               str(self.device))
+        if key not in _CACHE:  # one load per process, however often the embedder is rebuilt
+            _CACHE[key] = build_model(cfg, read_state_dict(self.weights_path)).to(self.device)
+        self.model = _CACHE[key]
+
+    # -- self-description ------------------------------------------------------------------
+    @classmethod
+    def output_dim(cls, config: EmbedderConfig) -> int:
+        return int(config.embedding_size)  # type: ignore[attr-defined]
+
+    @classmethod
+    def hash_config(cls, config: EmbedderConfig) -> str:
+        """Also the weights file's digest: other weights at the same path give a new hash."""
+        base = super().hash_config(config)
+        return hashlib.sha256(f"{base}:{weights_sha256(weights_path(config))}".encode()).hexdigest()[:16]  # type: ignore[arg-type]
+
+    @classmethod
+    def describe_config(cls, config: EmbedderConfig) -> dict[str, Any]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        out = super().describe_config(config)
+        path = weights_path(config)  # type: ignore[arg-type]
+        out.update(window_seconds=WINDOW_SECONDS, frame_offset_seconds=-WINDOW_SECONDS / 2 if config.center else 0.0,  # type: ignore[attr-defined]
+                   weights_file=os.path.basename(path), weights_sha256=weights_sha256(path))
+        try:
+            out["torchopenl3_version"] = version("torchopenl3")
+        except PackageNotFoundError:
+            out["torchopenl3_version"] = None
+        return out
+
+    # -- embedding -------------------------------------------------------------------------
+    def _waveform(self, audio: np.ndarray) -> np.ndarray:
+        x = np.asarray(audio, dtype=np.float32)
+        if x.ndim != 1:
+            raise ValueError(f"openl3 expects a mono 1-D waveform at {SAMPLE_RATE} Hz, got shape {x.shape}")
+        if x.size == 0:
+            raise EmptyInputError(None, "zero-length audio")
+        if not np.isfinite(x).all():
+            raise AudioDecodeError(None, "audio contains NaN or infinite samples")
+        return np.require(x, requirements=["C", "W"])  # torch.from_numpy wants a writable array
+
+    def frames(self, audio: np.ndarray):
+        """(T, 48000) view of one waveform's windows on the embedder's device, zero-padded at both ends."""
+        import torch
+        import torch.nn.functional as F
+
+        x = self._waveform(audio)
+        n_frames = self.grid.n_frames(len(x) / SAMPLE_RATE)
+        left = self.window_samples // 2 if self.config.center else 0  # type: ignore[attr-defined]
+        needed = (n_frames - 1) * self.hop_samples + self.window_samples
+        padded = F.pad(torch.from_numpy(x).to(self.device), (left, max(0, needed - left - len(x))))
+        return padded.unfold(0, self.window_samples, self.hop_samples)[:n_frames]
+
+    def _forward(self, windows) -> np.ndarray:
+        import torch
+
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            out = self.model(windows[:, None, :])  # (B, 1, 48000) -> (B, embedding_size)
+        return out.float().cpu().numpy()
+
+    def embed(self, items: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        views = [self.frames(a) for a in items]  # validates every item before any forward pass
+        counts = [len(v) for v in views]
+        out = np.empty((sum(counts), self.dim), dtype=np.float32)
+        pending, filled, row = [], 0, 0
+        for view in views:  # windows of consecutive items share forward passes
+            start = 0
+            while start < len(view):
+                take = min(self.batch_size - filled, len(view) - start)
+                pending.append(view[start:start + take])
+                filled, start = filled + take, start + take
+                if filled == self.batch_size:
+                    out[row:row + filled] = self._forward(torch.cat(pending))
+                    pending, row, filled = [], row + filled, 0
+        if filled:
+            out[row:row + filled] = self._forward(torch.cat(pending))
+        bounds = np.cumsum([0, *counts])
+        return [self.check_output(None, out[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]

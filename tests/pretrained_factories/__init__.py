@@ -1,0 +1,1 @@
+"""Checkpoints in pretrained models' published formats, built in code with random weights for tests."""

@@ -1,0 +1,96 @@
+"""The bench scripts run at tiny sizes and print one JSON object with the keys the README table reads.
+
+No timing is asserted: these check that the scripts work, not how fast the machine is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench(script: str, *args: str, timeout: int = 600) -> dict:
+    out = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True,
+                         cwd=REPO, timeout=timeout)
+    assert out.returncode == 0, f"{script} failed:\n{out.stderr[-4000:]}"
+    result = json.loads(out.stdout)  # stdout holds the JSON object and nothing else
+    assert {"cpu_model", "cores", "ram_gib", "load_avg_start", "load_avg_end"} <= set(result["machine"])
+    return result
+
+
+def test_tokenization_bench(tmp_path):
+    from tests.midi_model_factory import write_tiny_midis
+
+    write_tiny_midis(tmp_path / "midi", n=5)
+    r = bench("tokenization.py", "--source", str(tmp_path / "midi"), "--files", "5", "--train_files", "5",
+              "--vocab_size", "600", "--repeats", "2")
+    assert r["files"] == 5 and r["files_tokenized"] == 5 and r["tokens"] > 0
+    assert r["paths"]["symusic"]["files_per_s"] > 0 and set(r["paths"]["symusic"]["ms_per_file_by_stage"]) == {
+        "parse", "encode", "chunk"}
+    if "miditoolkit" in r["paths"]:  # only where miditoolkit is installed (not a project dependency)
+        assert r["identical_ids_files"] == 5 and r["speedup_symusic_vs_miditoolkit"] > 0
+    else:
+        assert "not installed" in r["miditoolkit"]
+
+
+def test_compare_scale_bench_sizes():
+    r = bench("compare_scale.py", "--sizes", "120,240", "--dim", "16", "--n-permutations", "9", "--n-boot", "9",
+              "--max-n-kernel", "100")
+    assert [row["n"] for row in r["table"]] == [120, 240]
+    assert all(row["peak_rss_mb"] > 0 and row["seconds_total"] > 0 for row in r["table"])
+    assert set(r["growth"]["120->240"]) == {"n_ratio", "time_ratio", "time_exponent", "peak_rss_ratio"}
+    base = r["sizes"][0]["baseline_plain_cka"]
+    assert base["value"] == pytest.approx(base["suite_value"], rel=1e-4)  # the baseline computes the same CKA
+
+
+@pytest.mark.slow
+def test_embedding_throughput_bench(tmp_path):
+    from tests.factory import make_dataset
+
+    root = tmp_path / "src"
+    (root / "audio").mkdir(parents=True)
+    (root / "midi").mkdir()
+    make_dataset(root, n=3, seconds=2.0)
+    r = bench("embedding_throughput.py", "--source", str(root), "--sizes", "4", "--probe_rows", "2",
+              "--work", str(tmp_path / "work"))
+    (size,) = r["sizes"]
+    assert size["rows"] == 4 and size["data"]["duplicated_rows"] == 1  # 3 works, one reused under a new id
+    assert size["job"]["done"] == {"audio_embeddings": 4, "symbolic_embeddings": 4}
+    assert size["sequential"]["rows_embedded"] == {"audio_embeddings": 4, "symbolic_embeddings": 4}
+    assert set(size["sequential"]["stage_seconds"]) == {"decode_audio", "embed_audio", "decode_midi", "embed_midi", "write"}
+    assert set(size["recordings_per_s"]) == {"sequential", "job", "cpu_bound"} and size["audio_seconds_per_s"]["job"] > 0
+    assert size["max_abs_difference_job_vs_sequential"] == {"audio_embeddings/melstats": 0.0,
+                                                            "symbolic_embeddings/pianoroll": 0.0}
+    assert size["job"]["memory"]["peak_driver_rss_mb"] > 0 and size["job"]["memory"]["peak_ray_worker_rss_mb"] > 0
+    assert {"speedup_vs_sequential", "fraction_of_cpu_bound", "met"} <= set(r["targets"])
+    assert set(r["scaling_probe"]["scaling_2_processes"]) >= {"decode_audio", "embed_audio", "total"}
+
+
+@pytest.mark.slow
+def test_pretrain_throughput_bench(tmp_path):
+    from tests.midi_model_factory import write_tiny_midis
+
+    root = tmp_path / "tiny"
+    files = write_tiny_midis(root / "midi", n=8)
+    pd.DataFrame({"id": [f.stem for f in files], "audio_filename": [f"audio/{f.stem}.wav" for f in files],
+                  "midi_filename": [f"midi/{f.name}" for f in files], "composer": ["a", "b"] * 4,
+                  "split": ["train"] * 4 + ["validation"] * 2 + ["test"] * 2}).to_csv(root / "info.csv", index=False)
+    r = bench("pretrain_throughput.py", "--source", str(root), "--workers", "1", "--bucket", "off,on", "--epochs", "1",
+              "--limit", "4", "--vocab_size", "600", "--max_seq_len", "32", "--embed_dim", "16", "--nhead", "2",
+              "--num_layers", "1", "--batch_size", "2", "--num_cpus", "2",
+              "--precision_device", "cpu", "--gpu_embed_dim", "16", "--gpu_nhead", "2", "--gpu_layers", "1",
+              "--gpu_seq_len", "32", "--gpu_batch", "2", "--gpu_vocab", "100", "--gpu_steps", "3")
+    runs = r["cpu"]["runs"]
+    assert [(x["workers"], x["bucket_by_length"]) for x in runs] == [(1, False), (1, True)]
+    assert all(x["tokens_per_s"] > 0 and x["samples_per_s"] > 0 and 0 <= x["padding_share"] < 1 for x in runs)
+    assert runs[1]["padding_share"] <= runs[0]["padding_share"]
+    assert "bucketed_vs_plain_1_workers" in r["cpu"]["ratios_tokens_per_s"]
+    for precision in ("fp32", "bf16_autocast"):
+        assert r["gpu"][precision]["tokens_per_s"] > 0

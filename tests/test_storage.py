@@ -1,0 +1,312 @@
+"""embedders.storage: local paths, file:// URIs and remote URIs (fsspec memory://, and S3 on a local
+moto server on 127.0.0.1 reached through pyarrow's own S3 client), and the jobs on remote stores."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from embedders import storage
+from embedders.base import MissingFileError
+from embedders.dataset import InfoCsvError, info_hash, read_info_csv, unsafe_path_reason
+from embedders.io import read_bytes
+from embedders.store import (ShardWriter, StoreError, check_shard_config, completed_ids, iter_shard_rows, part_files,
+                             read_errors, remove_shards, shard_description, stored_embedders, write_errors)
+from tests.factory import make_dataset
+
+try:
+    from moto.server import ThreadedMotoServer
+except ImportError:  # the dev extra installs moto[s3]; CI must have it
+    ThreadedMotoServer = None
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "avs-test-bucket"
+
+
+def require_moto():
+    if ThreadedMotoServer is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("moto is required when CI=true: pip install -e '.[dev]' (moto[s3])")
+        pytest.skip("moto not installed (pip install 'moto[s3]'): S3 tests need its local server")
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 with one bucket; AWS_* variables point pyarrow at it.
+
+    AWS_EC2_METADATA_DISABLED keeps the AWS SDK from asking the instance-metadata address for
+    credentials: no request leaves the loopback interface.
+    """
+    require_moto()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        import pyarrow.fs as pafs
+
+        pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], allow_bucket_creation=True).create_dir(BUCKET)
+        storage._remote_filesystem.cache_clear()
+        yield env
+        storage._remote_filesystem.cache_clear()
+    server.stop()
+
+
+@pytest.fixture(params=["local", "file", "memory", "s3"])
+def root(request, tmp_path):
+    """A fresh, empty location of each kind."""
+    if request.param == "local":
+        return tmp_path / "store"
+    if request.param == "file":
+        return (tmp_path / "store").as_uri()
+    if request.param == "memory":
+        return f"memory://avs-{uuid.uuid4().hex}/store"
+    request.getfixturevalue("s3")
+    return f"s3://{BUCKET}/{uuid.uuid4().hex}/store"
+
+
+# ---------------------------------------------------------------------------------------------
+# Names and paths
+# ---------------------------------------------------------------------------------------------
+def test_schemes_joins_and_local_paths(tmp_path):
+    assert storage.join("data", "raw", "x") == Path("data/raw/x")
+    assert storage.join("s3://b/data/", "raw", "x/", "/y.wav") == "s3://b/data/raw/x/y.wav"
+    assert storage.join("gs://b", "a\\b.wav") == "gs://b/a/b.wav"
+    assert storage.join(tmp_path.as_uri(), "a") == tmp_path / "a"
+    assert [storage.is_remote(x) for x in ("s3://b", "GS://b/x", "memory://m", "file:///x", "data", Path("s3:/x"))] \
+        == [True, True, True, False, False, False]
+    assert storage.scheme("GS://b") == "gs" and storage.scheme(Path("x")) == ""
+    assert storage.name("s3://b/x/y.h5/") == "y.h5" and storage.name(tmp_path / "z.h5") == "z.h5"
+    assert storage.display("s3://b/x") == "s3://b/x" and storage.display("rel") == str(Path("rel").absolute())
+    with pytest.raises(storage.StorageError, match="host"):
+        storage.local_path("file://otherhost/x")
+    with pytest.raises(storage.StorageError, match="remote URI"):
+        storage.local_path("s3://b/x")
+    with pytest.raises(storage.StorageError, match="query strings"):
+        storage.resolve("s3://b/x?endpoint_override=elsewhere")
+    with pytest.raises(storage.StorageError, match="nosuchproto"):
+        storage.resolve("nosuchproto://b/x")
+
+
+@pytest.mark.parametrize("relative, reason", [
+    ("audio/a.wav", None), ("a b/ü.wav", None), ("./audio/a.wav", None),
+    ("/etc/passwd", "absolute"), ("C:\\x.wav", "absolute"), ("C:x.wav", "absolute"), ("\\\\srv\\share\\x", "absolute"),
+    ("../x.wav", "'..'"), ("audio/../../x.wav", "'..'"), ("audio\\..\\..\\x.wav", "'..'"),
+    ("s3://other-bucket/x.wav", "URI"), ("gs:/b/x.wav", "URI"), ("file:///etc/passwd", "URI"),
+])
+def test_item_paths_are_checked_as_strictly_on_remote_roots(relative, reason, tmp_path):
+    for root in (tmp_path, "s3://bucket/raw/ds", "gs://bucket/raw/ds"):
+        got = unsafe_path_reason(root, relative)
+        assert (got is None) if reason is None else (reason in got), (root, relative, got)
+
+
+# ---------------------------------------------------------------------------------------------
+# One behaviour on every kind of location
+# ---------------------------------------------------------------------------------------------
+def test_files_folders_and_missing_things(root):
+    a, b = storage.join(root, "x", "a.bin"), storage.join(root, "x", "sub", "b.txt")
+    assert not storage.exists(a) and storage.glob(storage.join(root, "x"), "*") == [] and storage.list_dirs(root) == []
+    storage.write_bytes(a, b"\x00abc")
+    storage.write_bytes(b, b"hello")
+    assert storage.read_bytes(a) == b"\x00abc" and storage.file_size(b) == 5
+    assert storage.is_file(a) and not storage.is_file(storage.join(root, "x")) and storage.exists(storage.join(root, "x"))
+    assert storage.glob(storage.join(root, "x"), "*.bin") == [a]
+    assert storage.list_dirs(storage.join(root, "x")) == ["sub"]
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(storage.join(root, "x", "nope"))
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(storage.join(root, "x"))  # a folder is not a file
+    storage.remove(a)
+    storage.remove(a)  # missing is fine
+    assert not storage.exists(a)
+    if storage.is_remote(root):
+        with pytest.raises(MissingFileError, match=r"rec7.*file not found"):
+            read_bytes(storage.join(root, "nope.wav"), "rec7")
+
+
+def test_parquet_round_trip(root):
+    table = pa.table({"id": ["a", "b"], "v": [1.5, 2.5]}).replace_schema_metadata({b"k": b"v"})
+    path = storage.join(root, "t", "part-1.parquet")
+    storage.write_parquet(table, path)
+    assert storage.read_parquet(path).equals(table)
+    assert storage.read_parquet(path, columns=("v",)).column_names == ["v"]
+    assert storage.read_parquet_schema(path).metadata[b"k"] == b"v"
+
+
+def test_local_copies_and_outputs(root):
+    storage.write_bytes(storage.join(root, "in", "a.txt"), b"A")
+    storage.write_bytes(storage.join(root, "in", "deep", "b.txt"), b"B")
+    with storage.local_copy(storage.join(root, "in")) as local:
+        assert (local / "a.txt").read_bytes() == b"A" and (local / "deep" / "b.txt").read_bytes() == b"B"
+    with storage.local_copy(storage.join(root, "in", "a.txt")) as local:
+        assert local.read_bytes() == b"A"
+    if storage.is_remote(root):
+        assert not local.exists()  # the temporary copy is gone
+        with pytest.raises(FileNotFoundError):
+            with storage.local_copy(storage.join(root, "missing")):
+                pass
+    with storage.local_copy(storage.join(root, "missing"), missing_ok=True) as local:
+        assert not local.exists()
+
+    with storage.local_output_dir(storage.join(root, "out")) as out:
+        (out / "r").mkdir()
+        (out / "r" / "report.html").write_text("<html/>")
+        (out / "metrics.json").write_text("{}")
+    assert storage.read_bytes(storage.join(root, "out", "r", "report.html")) == b"<html/>"
+    assert storage.read_bytes(storage.join(root, "out", "metrics.json")) == b"{}"
+    with pytest.raises(RuntimeError):
+        with storage.local_output_dir(storage.join(root, "failed")) as out:
+            (out / "half.json").write_text("{")
+            raise RuntimeError("the job failed")
+    assert storage.exists(storage.join(root, "failed", "half.json")) == (not storage.is_remote(root))
+
+    with storage.local_output_file(storage.join(root, "h5", "e.h5")) as local:
+        with h5py.File(local, "w") as f:
+            f["x"] = np.arange(3)
+    with storage.local_copy(storage.join(root, "h5", "e.h5")) as local, h5py.File(local) as f:
+        assert f["x"][...].tolist() == [0, 1, 2]
+
+
+def test_info_csv_on_every_kind_of_root(root, tmp_path):
+    local = make_dataset(tmp_path / "ds", n=2)
+    rows = (local / "info.csv").read_text().splitlines()
+    dataset = storage.join(root, "raw", "ds")
+    storage.write_bytes(storage.join(dataset, "info.csv"), (local / "info.csv").read_bytes())
+    info = read_info_csv(dataset)
+    assert info["id"].tolist() == ["rec0", "rec1"] and info["bpm"].dtype.kind == "f"
+    assert info_hash(dataset) == hashlib.sha256((local / "info.csv").read_bytes()).hexdigest()
+    bad = rows + ["x1,s3://elsewhere/a.wav,midi/a.mid,jazz,1,train", "x2,../../a.wav,midi/a.mid,jazz,1,train",
+                  "x3,/abs/a.wav,midi/a.mid,jazz,1,train"]
+    storage.write_bytes(storage.join(dataset, "info.csv"), "\n".join(bad).encode())
+    message = str(pytest.raises(InfoCsvError, read_info_csv, dataset).value)
+    assert all(s in message for s in ("'x1'", "URI", "'x2'", "'..'", "'x3'", "absolute"))
+    with pytest.raises(InfoCsvError, match="not found"):
+        read_info_csv(storage.join(root, "raw", "nope"))
+
+
+def test_store_shards_and_errors_on_every_kind_of_root(root):
+    emb = storage.join(root, "embeddings", "ds")
+    A = "audio_embeddings"
+    writer = ShardWriter(emb, A, "melstats", "hash1", {"dim": 2, "config_hash": "hash1"}, rows_per_part=2)
+    for k in range(3):
+        writer.add(f"r{k}", np.full((k + 1, 2), k, np.float32))
+    writer.flush()
+    assert writer.parts_written == 2 and len(part_files(emb, A, "melstats")) == 2
+    assert stored_embedders(emb, A) == ["melstats"] and stored_embedders(emb, "symbolic_embeddings") == []
+    assert completed_ids(emb, A, "melstats", "hash1") == {"r0", "r1", "r2"}
+    assert shard_description(emb, A, "melstats")["config_hash"] == "hash1"
+    rows = list(iter_shard_rows(emb, A, "melstats"))
+    assert sorted(i for part in rows for i in part["id"]) == ["r0", "r1", "r2"]
+    with pytest.raises(StoreError, match="--overwrite"):
+        check_shard_config(emb, A, "melstats", "hash2")
+    write_errors(emb, [{"id": "r9", "medium": A, "embedder": "melstats", "stage": "decode",
+                        "error_type": "MissingFileError", "message": "gone"}])
+    assert [e["id"] for e in read_errors(emb)] == ["r9"]
+    assert write_errors(emb, [], resolved=[("r9", A, "melstats")]) == 0
+    assert remove_shards(emb, A, "melstats") == 2 and part_files(emb, A, "melstats") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The jobs on S3
+# ---------------------------------------------------------------------------------------------
+def upload_tree(local: Path, uri: str) -> None:
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        storage.write_bytes(storage.join(uri, *path.relative_to(local).parts), path.read_bytes())
+
+
+@pytest.mark.slow
+def test_generate_and_compare_embeddings_on_s3(s3, tmp_path):
+    """generate_embeddings reads info.csv, audio and MIDI from S3 inside its Ray tasks, writes the
+    Parquet parts and errors.parquet there, uploads embeddings.h5, and resumes from the remote
+    store; compare_embeddings reads that file and writes its outputs to S3."""
+    local = make_dataset(tmp_path / "toy", n=20, seconds=2.0, extra_rows=[
+        {"id": "gone", "audio_filename": "audio/gone.wav", "midi_filename": "midi/rec0.mid", "style": "jazz",
+         "bpm": 1, "split": "train"}])
+    data_root = f"s3://{BUCKET}/{uuid.uuid4().hex}/data"
+    upload_tree(local, storage.join(data_root, "raw", "toy"))
+    # The job runs in its own process with its own local Ray: its workers inherit the AWS_* settings,
+    # as the nodes of a cluster have theirs (instance profiles) in their environment.
+    env = {**os.environ, **s3, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local"}
+    command = [sys.executable, "-m", "ray_jobs.generate_embeddings", "--dataset", "toy", "--data_root", data_root,
+               "--num_cpus", "2", "--batch_size", "8", "--rows_per_part", "8"]
+    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    emb = storage.join(data_root, "embeddings", "toy")
+    assert len(part_files(emb, "audio_embeddings", "melstats")) == 3  # 20 rows, 8 per part
+    assert [(e["id"], e["medium"], e["error_type"]) for e in read_errors(emb)] == \
+        [("gone", "audio_embeddings", "MissingFileError")]
+    with storage.local_copy(storage.join(emb, "embeddings.h5")) as h5, h5py.File(h5) as f:
+        assert f["audio_embeddings/melstats/valid"][...].sum() == 20
+        assert f["symbolic_embeddings/pianoroll/valid"][...].sum() == 21
+        assert f["audio_embeddings/melstats/average"].shape == (21, 161)
+    summary = json.loads(storage.read_bytes(storage.join(emb, "summary.json")))
+    assert summary["h5_path"] == storage.join(emb, "embeddings.h5")
+
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "20 already embedded, 1 to do" in second.stdout and "21 already embedded, 0 to do" in second.stdout
+    assert len(part_files(emb, "audio_embeddings", "melstats")) == 3  # resumed: nothing written twice
+
+    from ray_jobs import compare_embeddings
+
+    out = f"s3://{BUCKET}/{uuid.uuid4().hex}/compare"
+    assert compare_embeddings.main(["--h5_path", storage.join(emb, "embeddings.h5"), "--output_dir", out,
+                                    "--label", "style", "--n_permutations", "20", "--n_boot", "20"]) == 0
+    assert sorted(storage.name(p) for p in storage.glob(out, "*")) == \
+        ["metrics.csv", "metrics.json", "null_distributions.npz", "report.html"]
+    metrics = json.loads(storage.read_bytes(storage.join(out, "metrics.json")))
+    assert metrics["inputs"]["h5_path"] == storage.join(emb, "embeddings.h5") and metrics["counts"]["paired"] == 20
+    assert compare_embeddings.main(["--h5_path", storage.join(emb, "nope.h5"), "--output_dir", out]) == 2
+
+
+def test_prepare_dataset_tasks_write_straight_to_s3(s3):
+    """A prepare_dataset task writes MIDI, WAV and its record to the store from its own node;
+    a rerun finds them there (resume needs no local copy)."""
+    import dataclasses
+
+    from ray_jobs import dataset_build as db
+    from ray_jobs import prepare_dataset as prep
+
+    dataset = f"s3://{BUCKET}/{uuid.uuid4().hex}/data/raw/m21"
+    work = db.make_work("bach", "bach/bwv66.6.mxl", None, 40.0, "4/4", False)
+    row = prep.build_one({"work": json.dumps(dataclasses.asdict(work))}, dataset_dir=dataset,
+                         soundfont=prep.default_soundfont(), seed=0, max_seconds=4.0, program=0, settings_hash="h1")
+    assert row["status"] == "built", row["reason"]
+    record = prep.load_done(dataset, work.id, "h1")
+    assert record is not None and record["audio_filename"] == f"audio/{work.id}.wav"
+    assert storage.read_bytes(storage.join(dataset, record["midi_filename"]))[:4] == b"MThd"
+    assert storage.read_bytes(storage.join(dataset, record["audio_filename"]))[:4] == b"RIFF"
+    assert prep.load_done(dataset, work.id, "other-settings") is None
+    storage.remove(storage.join(dataset, record["audio_filename"]))
+    assert prep.load_done(dataset, work.id, "h1") is None  # a missing file means: build it again
+
+
+def test_copy_tree_and_the_sync_job_between_kinds_of_location(root, tmp_path, capsys):
+    from ray_jobs import sync
+
+    local = make_dataset(tmp_path / "ds", n=2)
+    assert sync.main([str(local), str(storage.join(root, "ds")), "--exclude", "audio/*"]) == 0
+    assert "copied 3, already there 0" in capsys.readouterr().out  # info.csv and two MIDI files
+    assert not storage.exists(storage.join(root, "ds", "audio", "rec0.wav"))
+    assert storage.read_bytes(storage.join(root, "ds", "midi", "rec1.mid")) == (local / "midi" / "rec1.mid").read_bytes()
+    back = tmp_path / "back"
+    assert storage.copy_tree(storage.join(root, "ds"), back) == (3, 0)
+    assert storage.copy_tree(storage.join(root, "ds"), back) == (0, 3)  # a rerun copies nothing again
+    assert sorted(p.relative_to(back).as_posix() for p in back.rglob("*") if p.is_file()) == \
+        ["info.csv", "midi/rec0.mid", "midi/rec1.mid"]
+    assert sync.main([str(storage.join(root, "nope")), str(back)]) == 2
+    assert "no folder" in capsys.readouterr().err
