@@ -16,6 +16,8 @@ _REGISTRY: dict[str, type[Embedder]] = {}
 # Modules that define the built-in embedders. A new embedder is one module added here.
 BUILTIN_MODULES = (
     "embedders.audio.melstats",
+    "embedders.audio.openl3",
+    "embedders.audio.clap",
     "embedders.symbolic.pianoroll",
     "embedders.symbolic.midi_transformer.embedder",
     "embedders.symbolic.clamp",

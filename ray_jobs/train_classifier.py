@@ -17,7 +17,6 @@ Exit codes: 0 done, 2 bad flags, file, medium, label or column.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from datetime import datetime

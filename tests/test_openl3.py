@@ -63,7 +63,7 @@ def test_config_choices_and_dim():
     assert OpenL3Config().window_seconds == 1.0 and OpenL3Config().hop_seconds == 0.5
     for bad in ({"content_type": "speech"}, {"input_repr": "mel64"}, {"embedding_size": 1024},
                 {"precision": "int8"}, {"hop_seconds": 0.0}, {"batch_size": -1}, {"device": "tpu"},
-                {"hop_seconds": 1 / 7}):  # 6857.14 samples: not a whole number
+                {"hop_seconds": 1 / 7}, {"center": "yes"}):  # 6857.14 samples: not a whole number
         with pytest.raises(ConfigError, match="openl3"):
             OpenL3Config(**bad)
 
@@ -84,10 +84,14 @@ def test_missing_weights_say_where_and_how(tmp_path, monkeypatch):
 def test_file_named_for_another_config_is_refused(tmp_path):
     path = tmp_path / file_name("mel128", "env", 6144)
     path.write_bytes(b"x")
-    with pytest.raises(CheckpointError, match="named for input_repr=mel128, content_type=env, embedding_size=6144"):
+    with pytest.raises(CheckpointError, match="named for input_repr=mel128, content_type=env, but"):
         weights_path(OpenL3Config(checkpoint=str(path), input_repr="mel128", content_type="music"))
-    assert weights_path(OpenL3Config(checkpoint=str(path), input_repr="mel128", content_type="env",
-                                     embedding_size=6144)) == str(path)
+    with pytest.raises(CheckpointError, match="named for input_repr=mel128, content_type=env, but"):
+        weights_path(OpenL3Config(checkpoint=str(path), input_repr="mel256", content_type="env"))
+    # one set of weights serves both sizes (only the last pooling differs), as in OpenL3 itself
+    for size in (512, 6144):
+        cfg = OpenL3Config(checkpoint=str(path), input_repr="mel128", content_type="env", embedding_size=size)
+        assert weights_path(cfg) == str(path)
 
 
 def test_missing_package_gives_the_install_command(monkeypatch):

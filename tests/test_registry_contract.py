@@ -16,11 +16,15 @@ from embedders.registry import available, get_embedder, get_embedder_class, regi
 from tests.factory import scale_notes, score_from_notes, sine_wave
 from tests.midi_model_factory import tiny_checkpoint
 from tests.pretrained_factories.clamp import clamp_contract_config
+from tests.pretrained_factories.clap import clap_contract_config
+from tests.pretrained_factories.openl3 import openl3_contract_config
 
 # name -> callable(tmp_path_factory) -> config options (for embedders that need checkpoints)
 CONFIG_FACTORIES: dict[str, callable] = {
     "midi_transformer": lambda tmp: {"checkpoint": str(tiny_checkpoint(tmp.mktemp("midi_transformer")))},
     "clamp": clamp_contract_config,
+    "clap": clap_contract_config,
+    "openl3": openl3_contract_config,
 }
 
 

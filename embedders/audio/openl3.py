@@ -26,7 +26,10 @@ from ``WEIGHTS_URL``, read from ``checkpoint`` (``--audio_checkpoint PATH``) or 
 cache, ``torch.hub.get_dir()/checkpoints/`` (``$TORCH_HOME/hub/checkpoints``, by default
 ``~/.cache/torch/hub/checkpoints``), where torchopenl3 keeps it. The stored front-end buffers are
 loaded too: they hold the mel basis of the librosa version that made the weights, which current
-librosa no longer reproduces (its ``norm=1`` changed meaning).
+librosa no longer reproduces (its ``norm=1`` changed meaning). OpenL3 trained one network per
+(input_repr, content_type); 512 and 6144 differ only in the final pooling, so a file named for
+either size loads for both, while a file named for another input_repr or content_type is refused
+(music and env weights have the same shapes: only the name tells them apart).
 
 Compute: frames of every item in a call are batched together, ``batch_size`` windows per forward,
 on CUDA when visible (a Ray actor with ``num_gpus``). ``precision`` auto = bf16 autocast on CUDA
@@ -92,6 +95,8 @@ class OpenL3Config(EmbedderConfig):
         if abs(self.hop_seconds * SAMPLE_RATE - round(self.hop_seconds * SAMPLE_RATE)) > 1e-6:
             raise ConfigError(f"openl3: hop_seconds * {SAMPLE_RATE} must be a whole number of samples, "
                               f"got hop_seconds={self.hop_seconds}")
+        if not isinstance(self.center, bool):
+            raise ConfigError(f"openl3: center must be true or false, got {self.center!r}")
         if self.batch_size < 0:
             raise ConfigError(f"openl3: batch_size must be >= 0 (0: automatic), got {self.batch_size}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
@@ -129,13 +134,15 @@ def weights_path(config: OpenL3Config) -> str:
         if not os.path.isfile(config.checkpoint):
             raise CheckpointError(f"OpenL3 weights not found: {config.checkpoint}; {how_to_get(config)}")
         match = _NAME_RE.match(os.path.basename(config.checkpoint))
-        if match and match.groups() != (config.input_repr, config.content_type, str(config.embedding_size)):
-            # 512 and 6144 (and music and env) weights have identical shapes: only the name tells them apart
+        if match and match.groups()[:2] != (config.input_repr, config.content_type):
+            # music and env weights have identical shapes: only the name tells them apart. The
+            # embedding size is not checked: OpenL3 has one set of weights per (input_repr,
+            # content_type), and 512 / 6144 differ only in the final pooling.
             raise CheckpointError(
                 f"OpenL3 weights {config.checkpoint} are named for input_repr={match[1]}, content_type={match[2]}, "
-                f"embedding_size={match[3]}, but the embedder is configured for input_repr={config.input_repr}, "
-                f"content_type={config.content_type}, embedding_size={config.embedding_size}; set the options to "
-                f"match the file (--audio_option KEY=VALUE) or pass {config.weights_file_name}")
+                f"but the embedder is configured for input_repr={config.input_repr}, "
+                f"content_type={config.content_type}; set the options to match the file "
+                f"(--audio_option KEY=VALUE) or pass {config.weights_file_name}")
         return config.checkpoint
     path = os.path.join(hub_checkpoint_dir(), config.weights_file_name)
     if not os.path.isfile(path):
