@@ -6,9 +6,13 @@ Output folder (``--output_dir``)::
     mlflow.db, mlartifacts/     the default MLflow store (sqlite) and its artifacts
     tune/<task>/                Ray Tune's experiment folder: trial folders, best-model checkpoints
     tasks/<task>/search.json    written when the task's search ended: best configuration, trial table
-    tasks/<task>/result.json    written when the best configuration was retrained over seeds
+    tasks/<task>/trials.csv     one row per trial: hyperparameters, best validation score, epochs, end
+    tasks/<task>/seeds.json     run_seeds' full output (per-seed test metrics, controls)
+    tasks/<task>/result.json    written last, when the best configuration was retrained over seeds
     tasks/<task>/error.json     why the task failed (a rerun tries it again)
-    summary.csv / .md / .json   the audio-vs-symbolic table of every finished task in the folder
+    summary.csv / .md           the audio-vs-symbolic table of every finished task in the folder
+    summary_table.json          the table and the records it was built from
+    summary.json                this run: failures, timings, tasks run and skipped
 
 Rerun: a task with ``result.json`` is skipped; with ``search.json`` only, its best configuration
 is retrained; otherwise it was interrupted mid-search (or never started) and is searched from

@@ -187,7 +187,7 @@ def finish_task(settings: Settings, task: Task, search: dict, seeds_out: dict, t
                 seconds: float) -> dict:
     """Turn ``run_seeds``'s output into the table record, log it as the task's ``final`` run, write result.json."""
     record = record_from_seeds(task, search, seeds_out, settings.retrain_seeds())
-    record["retrain_seconds"] = seconds
+    record["retrain_seconds"] = seconds   # from submission: includes waiting for a CPU the next search holds
     folder = task_dir(settings, task)
     write_json(folder / "seeds.json", seeds_out)
     parent = search["parent_run_id"]

@@ -25,7 +25,6 @@ import math
 import time
 from pathlib import Path
 from typing import Any, Iterable
-from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient

@@ -79,7 +79,9 @@ class OpenL3Config(EmbedderConfig):
     hop_seconds: float = 0.5  # 0.5: the project's FrameGrid (same frames as melstats)
     center: bool = False  # False: frame t starts at t * hop; True: centred on it (OpenL3's default)
     checkpoint: str = ""  # weights file; "" = torch hub's cache, where torchopenl3 keeps it
-    batch_size: int = 0  # 1 s windows per forward pass; 0: 128 on CUDA, 16 on CPU
+    # 1 s windows per forward pass; 0: 128 on CUDA, 1 on CPU, where larger batches only cost (one
+    # thread, mel256: 45 CPU s per audio minute at 1, 46 at 2, 59 at 4, 67 at 16; activations outgrow the cache)
+    batch_size: int = 0
     device: str = "auto"  # auto: cuda when visible (a Ray actor with num_gpus), else cpu
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; fp32 | bf16 | fp16
 
@@ -187,6 +189,14 @@ def read_state_dict(path: str) -> dict[str, Any]:
     return state
 
 
+def dependency_error(exc: ModuleNotFoundError) -> MissingDependencyError:
+    """What to install when importing torchopenl3 failed on the module ``exc.name``."""
+    if exc.name == "pkg_resources":  # setuptools >= 81 dropped it; resampy < 0.3 still imports it
+        return MissingDependencyError("openl3", "setuptools<81 (resampy, which torchopenl3 imports, needs its "
+                                      "pkg_resources module)", "openl3")
+    return MissingDependencyError("openl3", exc.name or "torchopenl3", "openl3")
+
+
 def _import_torchopenl3():
     """torchopenl3's model module; its package imports resampy, which imports pkg_resources."""
     try:
@@ -194,10 +204,7 @@ def _import_torchopenl3():
             warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
             from torchopenl3 import models
     except ModuleNotFoundError as exc:
-        if exc.name == "pkg_resources":
-            raise MissingDependencyError("openl3", "setuptools<81 (resampy, which torchopenl3 imports, needs "
-                                         "its pkg_resources module)", "openl3") from None
-        raise MissingDependencyError("openl3", exc.name or "torchopenl3", "openl3") from None
+        raise dependency_error(exc) from None
     return models
 
 
@@ -267,7 +274,7 @@ class OpenL3(Embedder):
             self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         elif cfg.precision in ("bf16", "fp16"):
             self.autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
-        self.batch_size = cfg.batch_size or (128 if self.device.type == "cuda" else 16)
+        self.batch_size = cfg.batch_size or (128 if self.device.type == "cuda" else 1)
         self.grid = FrameGrid(cfg.hop_seconds, WINDOW_SECONDS)
         self.hop_seconds = cfg.hop_seconds
         self.hop_samples = int(round(cfg.hop_seconds * SAMPLE_RATE))
