@@ -78,10 +78,13 @@ class EmbedActor:
         self.spec = spec
         self.root = root
         self.embedder = get_embedder(spec.embedder, **spec.options)
+        # Embedders that read Standard MIDI File bytes themselves (clamp: the authors' converter
+        # works on the file) get the original file, not a Score re-encoded from it.
+        self.wants_bytes = bool(getattr(self.embedder, "accepts_midi_bytes", False))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         if self.root is not None:
-            batch = decode_batch(batch, spec=self.spec, root=self.root, keep_scores=True)
+            batch = decode_batch(batch, spec=self.spec, root=self.root, keep_scores=not self.wants_bytes)
         ids = [str(i) for i in batch["id"]]
         fields = {k: [str(v) for v in batch[k]] for k in ("error_type", "error_message", "stage")}
         sequences: list[np.ndarray] = [np.zeros((0, self.embedder.dim), np.float32)] * len(ids)
@@ -91,6 +94,8 @@ class EmbedActor:
             payload = batch["payload"][k]
             if self.spec.sample_rate is None and not isinstance(payload, np.ndarray):
                 items.append(payload)  # a Score parsed in this actor by decode_batch(keep_scores=True)
+            elif self.spec.sample_rate is None and self.wants_bytes:
+                items.append(np.asarray(payload, dtype=np.uint8).tobytes())  # the embedder parses it
             elif self.spec.sample_rate is None:
                 try:
                     items.append(decode_midi(np.asarray(payload, dtype=np.uint8).tobytes(), ids[k]))

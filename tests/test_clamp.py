@@ -377,3 +377,27 @@ def test_cuda_autocast_close_to_fp32(ckpt):
     fp32 = get_embedder("clamp", checkpoint=str(ckpt), device="cuda", precision="fp32", **SMALL).embed(items)
     for a, b in zip(fp32, cpu):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_pipeline_actors_pass_the_original_midi_file(ckpt, tmp_path):
+    """Both actor layouts hand clamp the file's own bytes (the authors' input), never a Score
+    re-encoded from it, and the vectors equal embedding those bytes directly."""
+    from ray_jobs.embedding_pipeline import EmbedActor, MediumSpec
+
+    spec = MediumSpec("symbolic_embeddings", "midi_filename", "clamp", {"checkpoint": str(ckpt), **SMALL}, None)
+    data = known_midi()
+    (tmp_path / "a.mid").write_bytes(data)
+    direct = get_embedder("clamp", checkpoint=str(ckpt), **SMALL).embed([data])[0]
+    batches = [
+        (EmbedActor(spec), {"id": np.array(["a"], dtype=object), "payload": [np.frombuffer(data, np.uint8)],
+                            "error_type": [""], "error_message": [""], "stage": [""]}),
+        (EmbedActor(spec, root=str(tmp_path)), {"id": np.array(["a"], dtype=object),
+                                                 "path": np.array(["a.mid"], dtype=object)}),
+    ]
+    for actor, batch in batches:
+        seen = []
+        original = actor.embedder.embed_items
+        actor.embedder.embed_items = lambda ids, items, _f=original: seen.extend(type(i) for i in items) or _f(ids, items)
+        out = actor(batch)
+        assert seen == [bytes]
+        np.testing.assert_array_equal(out["sequence"][0], direct)
