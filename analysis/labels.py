@@ -22,6 +22,21 @@ from analysis.stats import null_summary, permutation_null
 from analysis.subsample import subsample_indices, subsample_info
 
 
+# One rule for every job's "--task auto": a label is a regression target when its column is numeric
+# (not boolean) with at least this many distinct values (bpm, duration, year); a numeric column
+# with few values (a count of beats, a 0/1 flag, a class code) is a set of classes.
+AUTO_REGRESSION_MIN_UNIQUE = 20
+
+
+def auto_task(values) -> str:
+    """'regression' or 'classification' for a label column (a pandas Series) by the rule above."""
+    import pandas as pd
+
+    values = pd.Series(values)
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    return "regression" if numeric and values.nunique() >= AUTO_REGRESSION_MIN_UNIQUE else "classification"
+
+
 def cv_splits(y: np.ndarray, n_splits: int = 5, groups: np.ndarray | None = None, seed: SeedLike = 0,
               stratify: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
     """K-fold (train, test) index pairs; stratified by y and, with ``groups``, group-exclusive.

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,7 +25,7 @@ CSV_COLUMNS = ("name", "value", "ci_lo", "ci_hi", "null_mean", "null_lo", "null_
 
 
 def json_safe(obj: Any) -> Any:
-    """numpy scalars/arrays -> Python; NaN/inf -> None (strict JSON)."""
+    """numpy scalars/arrays -> Python; NaN/inf -> None (strict JSON); paths -> strings."""
     if isinstance(obj, dict):
         return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -36,6 +36,8 @@ def json_safe(obj: Any) -> Any:
         return json_safe(obj.item())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
+    if isinstance(obj, PurePath):
+        return str(obj)
     return obj
 
 

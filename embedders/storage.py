@@ -342,6 +342,44 @@ def local_output_dir(location: Location) -> Iterator[Path]:
             upload(out, location)
 
 
+def stage_root() -> Path:
+    """Where remote folders are staged: $AVS_STAGE_DIR, else ~/.cache/audio-vs-symbolic/stage."""
+    return Path(os.environ.get("AVS_STAGE_DIR") or Path.home() / ".cache" / "audio-vs-symbolic" / "stage")
+
+
+@contextmanager
+def staged_dir(location: Location) -> Iterator[Path]:
+    """A local working copy of a folder that a job both reads and extends (a resumable sweep).
+
+    Local: the folder itself (created). Remote: the folder's current contents are downloaded to a
+    staging folder first, and everything there is uploaded when the block exits, also after an
+    exception, so what finished before a failure is kept and a rerun continues from it. The
+    staging folder's path depends only on the URI (under ``stage_root()``), so absolute paths a
+    job records inside it (an MLflow sqlite store's artifact locations) stay valid on every rerun
+    from the same machine. Two runs on one URI at once are not supported.
+    """
+    if not is_remote(location):
+        path = local_path(location)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    import hashlib
+
+    work = stage_root() / hashlib.sha1(str(location).encode()).hexdigest()[:16]
+    shutil.rmtree(work, ignore_errors=True)  # the remote copy is the truth; a leftover is stale
+    if exists(location):
+        download(location, work)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        try:
+            if any(work.iterdir()):
+                upload(work, location)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 @contextmanager
 def local_output_file(location: Location) -> Iterator[Path]:
     """A local file path whose file is uploaded to ``location`` when the block exits cleanly.

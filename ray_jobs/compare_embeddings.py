@@ -17,8 +17,9 @@ permutation null. The retrieval projection is fitted on the rows whose metadata 
 column, or with fewer than 10 rows on either side, a seeded random 50/50 split is used instead.
 With ``--label``: the same, plus ``compare_labels`` (kNN score, silhouette, label-RDM correlation
 per medium, and the paired audio - symbolic difference) on the same rows. A label is numeric
-(regression: kNN R^2, no silhouette) when its metadata column has a numeric dtype (bpm, duration);
-``--task`` overrides the choice (e.g. ``--task classification`` for an integer count).
+(regression: kNN R^2, no silhouette) when its metadata column is numeric with at least 20 distinct
+values (bpm, duration; ``analysis.labels.auto_task``, the rule every job uses); ``--task``
+overrides the choice (e.g. ``--task regression`` for a numeric label with few values).
 
 Outputs in ``--output_dir``: metrics.json, metrics.csv, null_distributions.npz, report.html.
 No Ray: the work is numpy on one process (it runs as is under ``ray job submit``).
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average: mean over frames; sequence: mean and std over frames concatenated (2D)")
     p.add_argument("--group_column", default=None, help="metadata column: CV folds of the label metrics keep groups apart")
     p.add_argument("--task", choices=("auto", "classification", "regression"), default="auto",
-                   help="auto: regression when the label column is numeric, else classification")
+                   help="auto: regression when the label column is numeric with at least 20 distinct values "
+                        "(bpm, duration), else classification; the same rule as train_classifier and sweep")
     p.add_argument("--standardize", choices=("zscore", "none"), default="zscore",
                    help="z-score each feature over the paired rows first (default; features in different units "
                         "would otherwise be weighted by their range) or use raw coordinates")
@@ -100,9 +102,9 @@ def retrieval_split(metadata: pd.DataFrame, seed: int) -> tuple[np.ndarray | Non
 def _task(args, metadata: pd.DataFrame) -> str:
     if args.task != "auto":
         return args.task
-    col = metadata[args.label]
-    numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
-    return "regression" if numeric else "classification"
+    from analysis.labels import auto_task
+
+    return auto_task(metadata[args.label])
 
 
 def _h5_attrs(path) -> dict:

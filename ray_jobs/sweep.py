@@ -22,6 +22,7 @@ sweep with other search settings).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -125,7 +126,8 @@ def settings_from_args(args):
     output_dir = Path(args.output_dir or f"results/sweep_{time.strftime('%Y%m%d-%H%M%S')}").absolute()
     recorded = read_json(output_dir / "sweep.json") if (output_dir / "sweep.json").exists() else {}
     tracking_uri = args.mlflow_tracking_uri or recorded.get("tracking_uri") or default_tracking_uri(output_dir)
-    experiment = args.experiment_name or recorded.get("experiment_name") or f"{_dataset_name(h5)}/{output_dir.name}"
+    label = getattr(args, "output_label", None) or output_dir.name  # a staged remote folder: the URI's last part
+    experiment = args.experiment_name or recorded.get("experiment_name") or f"{_dataset_name(h5)}/{label}"
     return Settings(
         h5_path=h5, labels=labels, media=args.media, embedders=args.embedders, output_dir=output_dir,
         tracking_uri=tracking_uri, experiment_name=experiment, embedding_type=args.embedding_type,
@@ -138,10 +140,32 @@ def settings_from_args(args):
 
 
 def run(args) -> int:
+    """A remote --h5_path is read from a local copy. A remote --output_dir is staged: its contents
+    come down first (finished tasks are skipped), and everything goes back up when the run ends,
+    also after a failure. MLflow then lives in the staged folder's sqlite file unless
+    --mlflow_tracking_uri names a server, which a cluster should."""
+    from embedders import storage
+
+    out = args.output_dir or f"results/sweep_{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        if not storage.is_file(args.h5_path):
+            return _fail(f"--h5_path: no file at {args.h5_path}; run python -m ray_jobs.generate_embeddings first")
+        staging = storage.staged_dir(out) if storage.is_remote(out) else contextlib.nullcontext(out)  # local: made once the flags pass
+        with storage.local_copy(args.h5_path) as h5_local, staging as out_local:
+            source = args.h5_path if storage.is_remote(args.h5_path) else None
+            staged = argparse.Namespace(**{**vars(args), "h5_path": str(h5_local), "output_dir": str(out_local),
+                                           "output_label": storage.name(out)})
+            return _run(staged, source, out)
+    except (storage.StorageError, OSError) as exc:  # an unreachable or misconfigured store
+        return _fail(f"{type(exc).__name__}: {exc}")
+
+
+def _run(args, h5_source: str | None, output_name: str) -> int:
     from ray_jobs.sweep_plan import SweepError, check_or_record_settings, plan_tasks
 
     try:
         settings = settings_from_args(args)
+        settings.h5_source = h5_source
         tasks = plan_tasks(settings)
         settings.output_dir.mkdir(parents=True, exist_ok=True)
         check_or_record_settings(settings)
@@ -162,7 +186,7 @@ def run(args) -> int:
     summary = run_sweep(settings, tasks, tracking)
     if summary.get("markdown"):
         print("\n" + summary["markdown"])
-    print(f"done in {summary['seconds']:.0f} s: {settings.output_dir / 'summary.md'}, summary.csv, summary.json")
+    print(f"done in {summary['seconds']:.0f} s: {output_name}/summary.md, summary.csv, summary.json")
     db = sqlite_path(settings.tracking_uri)
     if db is not None:
         print(f"browse: mlflow ui --backend-store-uri sqlite:///{db} --host 127.0.0.1  "

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +68,15 @@ class Settings:
     num_cpus: int | None = None
     seed: int = 0
     verbose: int = 1
+    h5_source: str | None = None  # the URI a remote --h5_path came from (h5_path is then a local copy)
+
+    def h5_name(self) -> str:
+        """The input as the user named it: the URI, or the absolute local path."""
+        return self.h5_source or str(Path(self.h5_path).absolute())
 
     def search_settings(self) -> dict[str, Any]:
         values = {k: getattr(self, k) for k in SEARCH_KEYS if k != "space"}
-        values["h5_path"] = str(Path(self.h5_path).absolute())
+        values["h5_path"] = self.h5_name()
         values["space"] = describe_space(search_space(self.embedding_type))
         return values
 
@@ -162,30 +166,15 @@ def _metadata(h5: Path, chosen: dict[str, list[str]]) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------- state files
 def write_json(path: Path, payload: Any) -> None:
-    atomic_write_bytes(path, json.dumps(_plain(payload), indent=2, sort_keys=True).encode())
+    from analysis.report import json_safe
+
+    atomic_write_bytes(path, json.dumps(json_safe(payload), indent=2, sort_keys=True, allow_nan=False).encode())
 
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def _plain(obj: Any) -> Any:
-    """Strict JSON: numpy scalars/arrays to Python, NaN/inf to None, paths to strings."""
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _plain(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def check_or_record_settings(settings: Settings) -> dict[str, Any]:
@@ -194,12 +183,14 @@ def check_or_record_settings(settings: Settings) -> dict[str, Any]:
     Returns the recorded sweep description (its experiment name and tracking URI win over
     defaults derived again, so a rerun lands in the same MLflow experiment).
     """
+    from analysis.report import json_safe
+
     path = settings.output_dir / "sweep.json"
     current = settings.search_settings()
     if path.exists():
         recorded = read_json(path)
         before = recorded.get("search", {})
-        differ = {k: (before.get(k), current[k]) for k in current if _plain(before.get(k)) != _plain(current[k])}
+        differ = {k: (before.get(k), current[k]) for k in current if json_safe(before.get(k)) != json_safe(current[k])}
         if differ:
             lines = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in differ.items())
             raise SweepError(f"--output_dir {settings.output_dir} holds a sweep with other search settings ({lines}). "

@@ -282,7 +282,7 @@ def write_summary(settings: Settings, tracking: SweepTracking) -> dict:
     digest = hashlib.sha256(csv_bytes).hexdigest()
     write_json(out / "summary_table.json", {"records": records, "table": table.to_dict("records")})
     run_id = tracking.summary_run(digest, [out / "summary.csv", out / "summary.md", out / "summary_table.json"],
-                                  key_metrics(table), {"h5_path": str(Path(settings.h5_path).absolute()),
+                                  key_metrics(table), {"h5_path": settings.h5_name(),
                                                        "tasks": len(records), "seeds": settings.seeds,
                                                        "num_samples": settings.num_samples,
                                                        "scheduler": settings.scheduler})

@@ -92,11 +92,6 @@ def _summary(name: str, result: dict, task: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from training.classifier_data import TaskDataError, load_task
-    from training.classifiers import ModelSpecError
-    from training.experiment import (HISTORY_FILE, ClassificationExperiment, ModelFileError, TrainConfig, run_seeds,
-                                     write_json)
-
     for flag in ("batch_size", "num_epochs", "seeds", "hidden_dim"):
         if getattr(args, flag) < 1:
             print(f"error: --{flag} must be at least 1, got {getattr(args, flag)}", file=sys.stderr)
@@ -112,11 +107,27 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda" and not torch.cuda.is_available():
             print(f"error: --device {args.device}: no CUDA device is available here; use --device cpu", file=sys.stderr)
             return 2
-    if not Path(args.h5_path).exists():
-        print(f"error: --h5_path {args.h5_path}: no such file", file=sys.stderr)
+    from embedders import storage
+
+    try:  # URIs (s3://, gs://, ...) are read from a local copy; outputs are uploaded when complete
+        if not storage.is_file(args.h5_path):
+            print(f"error: --h5_path {args.h5_path}: no such file", file=sys.stderr)
+            return 2
+        with storage.local_copy(args.h5_path) as h5_local:
+            return _run(args, argv, h5_local)
+    except (storage.StorageError, OSError) as exc:  # an unreachable or misconfigured store
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+
+
+def _run(args, argv: list[str] | None, h5_local: Path) -> int:
+    from embedders import storage
+    from training.classifier_data import TaskDataError, load_task
+    from training.classifiers import ModelSpecError
+    from training.experiment import HISTORY_FILE, ClassificationExperiment, ModelFileError, TrainConfig, write_json
+
     try:
-        data = load_task(args.h5_path, args.medium, args.label, embedder=args.embedder,
+        data = load_task(h5_local, args.medium, args.label, embedder=args.embedder,
                          embedding_type=args.embedding_type, group_column=args.group_column, task=args.task,
                          split_column=None if args.split_column.lower() == "none" else args.split_column,
                          seed=args.seed)
@@ -124,17 +135,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.medium}/{data.provenance['embedder']} -> {args.label} ({data.task}): {rows['train']} train, "
               f"{rows['validation']} validation, {rows['test']} test rows; split {data.provenance['split_source']}")
         if args.model_path:
-            exp = ClassificationExperiment.load(args.model_path, data, device=args.device)
+            with storage.local_copy(args.model_path) as model_local:
+                exp = ClassificationExperiment.load(model_local, data, device=args.device)
             results = {split: exp.evaluate(split) for split in ("validation", "test")}
             for split, result in results.items():
                 print(_summary(split, result, data.task))
             if args.save_dir:   # evaluation only: never overwrite a model, write beside nothing but this file
-                out = Path(args.save_dir) / "evaluation.json"
-                out.parent.mkdir(parents=True, exist_ok=True)
                 record = {"model_path": str(args.model_path), **results, "provenance": data.provenance,
                           "argv": sys.argv[1:] if argv is None else list(argv), "package_versions": _versions()}
-                write_json(out, record)
-                print(f"saved {out}")
+                with storage.local_output_dir(args.save_dir) as out_dir:
+                    write_json(out_dir / "evaluation.json", record)
+                print(f"saved {storage.join(args.save_dir, 'evaluation.json')}")
             return 0
         config = TrainConfig(model=args.model, hidden_dim=args.hidden_dim, dropout=args.dropout,
                              learning_rate=args.learning_rate, weight_decay=args.weight_decay,
@@ -146,8 +157,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-    save_dir = Path(args.save_dir or f"results/{args.medium}_{args.label}_{stamp}")
-    print(f"model {exp.spec}, {sum(p.numel() for p in exp.model.parameters())} parameters; saving to {save_dir}")
+    target = args.save_dir or f"results/{args.medium}_{args.label}_{stamp}"
+    print(f"model {exp.spec}, {sum(p.numel() for p in exp.model.parameters())} parameters; saving to "
+          f"{storage.display(target)}")
+    with storage.local_output_dir(target) as save_dir:  # remote: uploaded once every file is written
+        _train(args, argv, data, config, save_dir)
+    print(f"saved {storage.join(target, 'best_model.pth')} and {storage.join(target, HISTORY_FILE)}")
+    return 0
+
+
+def _train(args, argv, data, config, save_dir: Path) -> None:
+    from training.experiment import HISTORY_FILE, run_seeds, write_json
 
     def progress(epoch: int, m: dict) -> None:
         score = m.get("val_accuracy", m.get("val_r2"))
@@ -176,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(save_dir / HISTORY_FILE, saved)
         print(f"{args.seeds} seeds: test {out['metric']} {out['mean']:.4f} [{out['ci_lo']:.4f}, {out['ci_hi']:.4f}] "
               f"(95% Student-t interval over seeds); baseline {out['baseline']:.4f}; shuffled-label control "
-              f"{out['shuffled']['mean']:.4f}; saved {save_dir / 'seeds.json'}")
-    print(f"saved {save_dir / 'best_model.pth'} and {save_dir / 'training_history.json'}")
-    return 0
+              f"{out['shuffled']['mean']:.4f}")
 
 
 def _versions() -> dict:

@@ -215,3 +215,16 @@ def test_pooled_r2_interval_is_on_r2_and_covers_the_estimate():
     out = pooled_r2_ci((pred - y) ** 2, y, 500, np.random.default_rng(1), 0.95)
     assert 0.6 < out["ci_lo"] <= out["r2_pooled"] <= out["ci_hi"] < 0.9
     assert abs(out["r2_pooled"] - 0.75) < 0.05
+
+
+def test_auto_task_one_rule_for_every_job():
+    import pandas as pd
+
+    from analysis.labels import AUTO_REGRESSION_MIN_UNIQUE, auto_task
+
+    assert AUTO_REGRESSION_MIN_UNIQUE == 20
+    assert auto_task(pd.Series(np.linspace(60, 180, 20))) == "regression"   # bpm-like
+    assert auto_task(pd.Series(np.arange(19) % 19)) == "classification"     # few values: classes
+    assert auto_task(pd.Series(["3/4", "4/4"] * 20)) == "classification"
+    assert auto_task(pd.Series([True, False] * 20)) == "classification"
+    assert auto_task(np.arange(40)) == "regression"                          # arrays are taken too

@@ -94,3 +94,22 @@ def test_pretrain_throughput_bench(tmp_path):
     assert "bucketed_vs_plain_1_workers" in r["cpu"]["ratios_tokens_per_s"]
     for precision in ("fp32", "bf16_autocast"):
         assert r["gpu"][precision]["tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_pretrained_cost_bench(tmp_path):
+    """OpenL3 and CLAP at their real sizes on 2 s of audio, CLaMP's real encoder on two tiny files."""
+    from tests.midi_model_factory import write_tiny_midis
+    from tests.pretrained_factories import clap  # its extra: skipped without it, a failure under CI=true
+
+    clap.require_extra()
+    write_tiny_midis(tmp_path / "midi", n=2)
+    r = bench("pretrained_cost.py", "--models", "openl3,clap,clamp", "--batch_sizes", "1,4", "--audio_seconds", "2",
+              "--repeats", "1", "--midi_source", str(tmp_path / "midi"), "--midi_files", "2")
+    for model in ("openl3", "clap"):
+        rows = r[model]["by_batch_size"]
+        assert set(rows) == {"1", "4"} and all(row["cpu_s_per_audio_minute"] > 0 for row in rows.values())
+        assert rows["4"]["windows_per_call"] >= 4  # copies of the recording fill the batch
+    assert r["openl3"]["by_batch_size"]["1"]["windows_per_call"] == 4  # 2 s at the 0.5 s hop
+    assert r["clap"]["by_batch_size"]["4"]["audio_seconds_per_call"] == 8  # one 10 s window per 2 s copy
+    assert all(row["cpu_s_per_file"] > 0 and row["files_per_call"] == 2 for row in r["clamp"]["by_batch_size"].values())

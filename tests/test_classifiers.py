@@ -189,3 +189,17 @@ def test_regression_metrics_and_t_interval_known_answers():
     ci = t_interval([1.0, 2.0, 3.0])
     assert ci["mean"] == 2.0 and ci["ci_hi"] - 2.0 == pytest.approx(4.302653 * 1 / math.sqrt(3), rel=1e-5)
     assert math.isnan(t_interval([0.5])["ci_lo"])
+
+
+def test_result_json_is_strict_json(tmp_path):
+    """One seed has no interval: its NaN bounds must land as null, not as the non-JSON token NaN."""
+    import json
+    from pathlib import Path
+
+    from training.experiment import write_json
+
+    write_json(tmp_path / "r.json", {"ci_lo": float("nan"), "ci_hi": np.float64("inf"), "mean": np.float32(0.5),
+                                     "scores": np.array([0.25, 0.75]), "path": Path("results/x")})
+    text = (tmp_path / "r.json").read_text()
+    record = json.loads(text, parse_constant=lambda token: pytest.fail(f"non-JSON token {token} in {text}"))
+    assert record == {"ci_lo": None, "ci_hi": None, "mean": 0.5, "scores": [0.25, 0.75], "path": "results/x"}

@@ -181,6 +181,23 @@ def test_local_copies_and_outputs(root):
         assert f["x"][...].tolist() == [0, 1, 2]
 
 
+def test_staged_dir_resumes_from_and_returns_to_its_location(root, tmp_path, monkeypatch):
+    monkeypatch.setenv("AVS_STAGE_DIR", str(tmp_path / "stage"))
+    target = storage.join(root, "sweep")
+    with storage.staged_dir(target) as work:
+        (work / "task_a.json").write_text("done")
+        first = work
+    with pytest.raises(RuntimeError):  # a failed run keeps what it finished
+        with storage.staged_dir(target) as work:
+            assert (work / "task_a.json").read_text() == "done"  # the previous run's output came down
+            assert work == first  # the same staging path on every rerun (MLflow records absolute paths)
+            (work / "task_b.json").write_text("done")
+            raise RuntimeError("task c failed")
+    assert storage.read_bytes(storage.join(target, "task_b.json")) == b"done"
+    if storage.is_remote(root):
+        assert not first.exists()  # the staging copy is removed once uploaded
+
+
 def test_info_csv_on_every_kind_of_root(root, tmp_path):
     local = make_dataset(tmp_path / "ds", n=2)
     rows = (local / "info.csv").read_text().splitlines()
@@ -310,3 +327,43 @@ def test_copy_tree_and_the_sync_job_between_kinds_of_location(root, tmp_path, ca
         ["info.csv", "midi/rec0.mid", "midi/rec1.mid"]
     assert sync.main([str(storage.join(root, "nope")), str(back)]) == 2
     assert "no folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_classifier_and_sweep_on_s3(s3, tmp_path, capsys, monkeypatch):
+    """Both read embeddings.h5 from S3 and write their outputs there; a rerun of the sweep finds its
+    finished tasks on S3 and skips them without new MLflow runs."""
+    import mlflow
+
+    from ray_jobs import sweep, train_classifier
+    from tests.sweep_factory import SWEEP_ARGS, tiny_store
+
+    base = f"s3://{BUCKET}/{uuid.uuid4().hex}"
+    h5 = tiny_store(tmp_path / "store")
+    storage.write_bytes(f"{base}/embeddings.h5", h5.read_bytes())
+    monkeypatch.setenv("AVS_STAGE_DIR", str(tmp_path / "stage"))
+    assert train_classifier.main(["--h5_path", f"{base}/embeddings.h5", "--medium", "audio_embeddings",
+                                  "--label", "style", "--num_epochs", "3", "--save_dir", f"{base}/clf"]) == 0
+    for name in ("best_model.pth", "training_history.json", "confusion_matrix.json", "confusion_matrix.png"):
+        assert storage.is_file(f"{base}/clf/{name}"), name
+    assert train_classifier.main(["--h5_path", f"{base}/embeddings.h5", "--medium", "audio_embeddings",
+                                  "--label", "style", "--model_path", f"{base}/clf/best_model.pth",
+                                  "--save_dir", f"{base}/eval"]) == 0
+    assert storage.is_file(f"{base}/eval/evaluation.json")
+
+    args = ["--h5_path", f"{base}/embeddings.h5", "--output_dir", f"{base}/sweep", *SWEEP_ARGS,
+            "--media", "audio_embeddings", "--labels", "style"]
+    assert sweep.main(args) == 0
+    assert b"style" in storage.read_bytes(f"{base}/sweep/summary.csv")
+    recorded = json.loads(storage.read_bytes(f"{base}/sweep/sweep.json"))
+    assert recorded["search"]["h5_path"] == f"{base}/embeddings.h5"
+
+    def runs() -> int:
+        with storage.local_copy(f"{base}/sweep/mlflow.db") as db:
+            return len(mlflow.MlflowClient(f"sqlite:///{db}").search_runs(["1"], max_results=1000))
+
+    before = runs()
+    capsys.readouterr()
+    assert sweep.main(args) == 0
+    assert "1 task(s) already finished" in capsys.readouterr().out
+    assert runs() == before > 0

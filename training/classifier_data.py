@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.labels import auto_task  # the one rule, shared with compare_embeddings
+
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
                  "valid": "validation", "dev": "validation", "test": "test", "testing": "test"}
 FRACTIONS = {"train": 0.70, "validation": 0.15, "test": 0.15}
-AUTO_REGRESSION_MIN_UNIQUE = 20
 
 
 class TaskDataError(ValueError):
@@ -64,8 +65,7 @@ def resolve_task(values: pd.Series, task: str) -> str:
         return task
     if task != "auto":
         raise TaskDataError(f"--task must be auto, classification or regression, got {task!r}")
-    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-    return "regression" if numeric and values.nunique() >= AUTO_REGRESSION_MIN_UNIQUE else "classification"
+    return auto_task(values)
 
 
 def normalise_split(values: pd.Series, column: str) -> np.ndarray:

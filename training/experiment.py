@@ -257,16 +257,11 @@ class ClassificationExperiment:
 
 
 def write_json(path, record: dict) -> None:
-    """Atomic, indented JSON; numpy scalars and arrays become plain numbers and lists."""
-    atomic_write_bytes(Path(path), json.dumps(record, indent=2, default=_plain).encode())
+    """Atomic, indented, strict JSON: numpy values become plain numbers and lists, NaN/inf become
+    null (one seed has no interval), anything else unknown its string."""
+    from analysis.report import json_safe
 
-
-def _plain(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+    atomic_write_bytes(Path(path), json.dumps(json_safe(record), indent=2, default=str, allow_nan=False).encode())
 
 
 def shuffled_labels(data: TaskData, seed: int) -> TaskData:

@@ -6,7 +6,7 @@ here as plain data lets it be documented, tested and recorded in every output wi
 Label tasks (``--labels composer,bpm`` or forced: ``bpm:regression``, ``n_parts:classification``):
 ``auto`` is ``training.classifier_data``'s rule (one rule for train_classifier and the sweep): a
 regression when the column is numeric (not boolean) with at least
-``classifier_data.AUTO_REGRESSION_MIN_UNIQUE`` (20) distinct values (bpm, duration); everything
+``analysis.labels.AUTO_REGRESSION_MIN_UNIQUE`` (20) distinct values (bpm, duration); everything
 else, including small integer codes such as ``n_parts``, is a classification.
 """
 
@@ -114,7 +114,8 @@ def parse_labels(text: str) -> list[LabelSpec]:
 
 def infer_task(values: Sequence[Any] | pd.Series) -> tuple[str, str]:
     """(task, reason) by the rule in the module docstring; ``values`` are the label column's entries."""
-    from training.classifier_data import AUTO_REGRESSION_MIN_UNIQUE, resolve_task as data_rule
+    from analysis.labels import AUTO_REGRESSION_MIN_UNIQUE
+    from training.classifier_data import resolve_task as data_rule
 
     series = pd.Series(values)
     task = data_rule(series, "auto")
