@@ -300,3 +300,19 @@ class Stopwatch:
 
     def __exit__(self, *exc) -> None:
         self.seconds[self._name] = self.seconds.get(self._name, 0.0) + time.perf_counter() - self._t0
+
+
+def midi_files(source: Path, n: int, seed: int, flag: str = "--source") -> list[Path]:
+    """MIDI files of a dataset folder (its info.csv) or any folder (*.mid, *.midi), ``n`` in a seeded order."""
+    import numpy as np
+
+    if (source / "info.csv").is_file():
+        from embedders.dataset import read_info_csv
+
+        files = [source / p for p in read_info_csv(source)["midi_filename"]]
+    else:
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
+    if not files:
+        raise SystemExit(f"{flag} {source}: no MIDI files found (run prepare_dataset, or name a folder of .mid files)")
+    order = np.random.default_rng(seed).permutation(len(files))
+    return [files[i] for i in order[:n]]

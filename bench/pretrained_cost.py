@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import finish, machine, stdout_to_stderr  # noqa: E402
+from bench.common import finish, machine, midi_files, stdout_to_stderr  # noqa: E402
 
 CLAMP_REAL = {"hidden_size": 768, "num_layers": 12, "patch_size": 64, "max_patches": 512, "projection_dim": 768}
 
@@ -92,19 +92,6 @@ def clamp_cost(checkpoint: Path, files: list[Path], batch_sizes: list[int], repe
     return {"config": CLAMP_REAL, "by_batch_size": rows}
 
 
-def midi_files(source: Path, n: int) -> list[Path]:
-    if (source / "info.csv").is_file():
-        from embedders.dataset import read_info_csv
-
-        files = [source / p for p in read_info_csv(source)["midi_filename"]]
-    else:
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
-    if not files:
-        raise SystemExit(f"--midi_source {source}: no MIDI files found (run prepare_dataset, or point it at a folder of .mid)")
-    order = np.random.default_rng(0).permutation(len(files))
-    return [files[i] for i in order[:n]]
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="openl3,clap,clamp")
@@ -142,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             from tests.pretrained_factories import clamp as factory
 
             ckpt = factory.write_checkpoint(tmp / factory.PUBLISHED_NAME, options=CLAMP_REAL)
-            result["clamp"] = clamp_cost(ckpt, midi_files(args.midi_source, args.midi_files), batch_sizes,
+            result["clamp"] = clamp_cost(ckpt, midi_files(args.midi_source, args.midi_files, 0, flag="--midi_source"), batch_sizes,
                                          args.repeats)
     finish(result)
 

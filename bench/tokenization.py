@@ -31,21 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Stopwatch, finish, machine, stdout_to_stderr  # noqa: E402
-
-
-def midi_files(source: Path, n: int, seed: int) -> list[Path]:
-    """MIDI files of a dataset folder (its info.csv) or any folder (*.mid, *.midi), ``n`` in a seeded order."""
-    if (source / "info.csv").is_file():
-        from embedders.dataset import read_info_csv
-
-        files = [source / p for p in read_info_csv(source)["midi_filename"]]
-    else:
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
-    if not files:
-        raise SystemExit(f"--source {source}: no MIDI files found")
-    order = np.random.default_rng(seed).permutation(len(files))
-    return [files[i] for i in order[:n]]
+from bench.common import Stopwatch, finish, machine, midi_files, stdout_to_stderr  # noqa: E402
 
 
 def tokenize_symusic(tokenizer, files: list[Path], max_seq_len: int, sw: Stopwatch) -> list[np.ndarray | None]:
@@ -122,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     result: dict[str, Any] = {"benchmark": "tokenization", "machine": machine()}
     from embedders.symbolic.midi_transformer import tokenizer as tk
 
-    files = midi_files(Path(args.source), args.files, args.seed)
+    files = midi_files(Path(args.source), args.files, args.seed, flag="--source")
     t0 = time.perf_counter()
     with warnings.catch_warnings(), stdout_to_stderr():  # BPE training prints progress on stdout
         warnings.simplefilter("ignore")  # MidiTok warns when the vocabulary is not above the base one
