@@ -96,7 +96,23 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run(cfg: DictConfig, fail_at_epoch: int | None = None) -> dict[str, Any]:
-    """Everything after config parsing; returns the summary (also written to test_metrics.json)."""
+    """Everything after config parsing; returns the summary (also written to test_metrics.json).
+
+    Remote locations (``dataset.data_root``, ``dataset.info_csv``, ``output_dir`` as s3://, gs://,
+    ...) are staged locally first and the outputs uploaded at the end: see ``ray_jobs.pretrain_staging``.
+    """
+    from embedders import storage
+    from ray_jobs.pretrain_staging import staged
+
+    with staged(cfg) as local:
+        summary = _run(local, fail_at_epoch)
+    if storage.is_remote(cfg.output_dir):
+        summary["model_path"] = str(storage.join(cfg.output_dir, cfg.train.model_name, Path(summary["model_path"]).name))
+        print(f"uploaded {local.output_dir} to {cfg.output_dir}; model: {summary['model_path']}")
+    return summary
+
+
+def _run(cfg: DictConfig, fail_at_epoch: int | None = None) -> dict[str, Any]:
     import ray.train
     from ray.train.torch import TorchTrainer
 

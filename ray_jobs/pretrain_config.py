@@ -71,8 +71,13 @@ class PretrainConfig:
 
 def register_schema() -> None:
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from ray_jobs.pretrain_staging import local_dir_for
 
     ConfigStore.instance().store(name="pretrain_schema", node=PretrainConfig)
+    # hydra.run.dir: a remote output_dir's log folder goes to a local staging path, not to "s3:/..."
+    OmegaConf.register_new_resolver("avs_local", local_dir_for, replace=True)
 
 
 class PretrainConfigError(ValueError):

@@ -367,3 +367,34 @@ def test_train_classifier_and_sweep_on_s3(s3, tmp_path, capsys, monkeypatch):
     assert sweep.main(args) == 0
     assert "1 task(s) already finished" in capsys.readouterr().out
     assert runs() == before > 0
+
+
+@pytest.mark.slow
+def test_pretrain_reads_its_dataset_from_s3_and_writes_there(s3, tmp_path, monkeypatch):
+    """dataset.data_root and output_dir as S3 URIs: info.csv and the MIDI files (never the audio)
+    are staged locally, the model and its metrics land on S3, and a rerun reuses the staged files."""
+    from ray_jobs.pretrain import run
+    from tests.test_pretrain import make_cfg, tiny_dataset
+
+    monkeypatch.setenv("AVS_STAGE_DIR", str(tmp_path / "stage"))
+    local = tiny_dataset(tmp_path / "src")
+    (local / "audio").mkdir()
+    (local / "audio" / "big.wav").write_bytes(b"RIFF" + bytes(1000))  # must not be copied
+    base = f"s3://{BUCKET}/{uuid.uuid4().hex}"
+    upload_tree(local, f"{base}/data/raw/tiny")
+    cfg = make_cfg(tmp_path, f"dataset.data_root={base}/data", f"output_dir={base}/results", "ray.num_workers=1",
+                   "train.epochs=1")
+    summary = run(cfg)
+    assert summary["model_path"] == f"{base}/results/tiny_model/model.pt"
+    for name in ("model.pt", "test_metrics.json", "history.json"):
+        assert storage.is_file(f"{base}/results/tiny_model/{name}"), name
+    assert storage.is_file(f"{base}/results/mlflow.db")
+    (staged_root,) = (tmp_path / "stage").glob("data-*")
+    assert sorted(p.name for p in (staged_root / "raw" / "tiny").iterdir()) == ["info.csv", "midi"]
+    assert len(list((staged_root / "raw" / "tiny" / "midi").glob("*.mid"))) == 10
+    assert list((staged_root / "tokenizers").glob("tiny_remi_bpe600.json"))
+    assert not (tmp_path / "s3:").exists() and not Path("s3:").exists()  # no local folder named after the URI
+
+    from ray_jobs.pretrain_staging import stage_dataset
+    assert stage_dataset(f"{base}/data/raw/tiny", staged_root / "raw" / "tiny") == {"copied": 0, "kept": 10,
+                                                                                     "missing": 0}
