@@ -347,6 +347,24 @@ def stage_root() -> Path:
     return Path(os.environ.get("AVS_STAGE_DIR") or Path.home() / ".cache" / "audio-vs-symbolic" / "stage")
 
 
+def cached_file(location: Location) -> Path:
+    """A local path holding the file at ``location``: itself when local; for a URI a copy under
+    ``stage_root()/files/<hash of the URI>/<name>``, downloaded once per machine (again only when
+    the remote size differs). Concurrent callers (several actors on one node) each write their
+    own temporary file and rename it into place, so none ever reads a partial copy."""
+    if not is_remote(location):
+        return local_path(location)
+    import hashlib
+
+    target = stage_root() / "files" / hashlib.sha1(str(location).encode()).hexdigest()[:16] / (name(location) or "file")
+    size = file_size(location)
+    if not (target.is_file() and target.stat().st_size == size):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            download(location, Path(tmp))
+    return target
+
+
 @contextmanager
 def staged_dir(location: Location) -> Iterator[Path]:
     """A local working copy of a folder that a job both reads and extends (a resumable sweep).

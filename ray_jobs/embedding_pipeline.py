@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from embedders import storage
-from embedders.base import ITEM_ERRORS, ItemError
+from embedders.base import ITEM_ERRORS, ConfigError, ItemError
 from embedders.io import decode_audio, decode_midi, read_bytes
 
 EMPTY = np.zeros(0, dtype=np.float32)
@@ -30,6 +30,19 @@ class MediumSpec:
     embedder: str
     options: dict[str, Any]
     sample_rate: int | None     # audio embedders' input rate; None for symbolic
+
+
+def local_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Embedder options with a remote ``checkpoint`` (s3://, gs://, ...) replaced by a local copy on
+    this machine (``storage.cached_file``: one download per node). Specs keep the URI, so every
+    node (the driver hashing the config, each actor loading weights) resolves it for itself."""
+    checkpoint = options.get("checkpoint")
+    if not checkpoint or not storage.is_remote(checkpoint):
+        return options
+    try:
+        return {**options, "checkpoint": str(storage.cached_file(checkpoint))}
+    except FileNotFoundError:
+        raise ConfigError(f"checkpoint {checkpoint}: no such file") from None
 
 
 def _error_fields(n: int) -> dict[str, list[str]]:
@@ -77,7 +90,7 @@ class EmbedActor:
 
         self.spec = spec
         self.root = root
-        self.embedder = get_embedder(spec.embedder, **spec.options)
+        self.embedder = get_embedder(spec.embedder, **local_options(spec.options))
         # Embedders that read Standard MIDI File bytes themselves (clamp: the authors' converter
         # works on the file) get the original file, not a Score re-encoded from it.
         self.wants_bytes = bool(getattr(self.embedder, "accepts_midi_bytes", False))

@@ -28,7 +28,7 @@ from embedders.legacy import export_legacy
 from embedders.registry import available, get_embedder_class
 from embedders.store import (ShardWriter, StoreError, check_shard_config, completed_ids, errors_path,
                              remove_shards, write_errors)
-from ray_jobs.embedding_pipeline import MediumSpec, build_dataset, build_media_dataset
+from ray_jobs.embedding_pipeline import MediumSpec, build_dataset, build_media_dataset, local_options
 
 PATH_COLUMN = {"audio_embeddings": "audio_filename", "symbolic_embeddings": "midi_filename"}
 
@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--symbolic_embedder", default="pianoroll", help="symbolic embedder name (default: pianoroll)")
     p.add_argument("--audio_option", action="append", default=[], metavar="KEY=VALUE", help="audio embedder config option (repeatable)")
     p.add_argument("--symbolic_option", action="append", default=[], metavar="KEY=VALUE", help="symbolic embedder config option (repeatable)")
-    p.add_argument("--audio_checkpoint", help="weights file for the audio embedder (sets its 'checkpoint' option)")
-    p.add_argument("--symbolic_checkpoint", help="weights file for the symbolic embedder (sets its 'checkpoint' option)")
+    p.add_argument("--audio_checkpoint", help="weights file for the audio embedder (sets its 'checkpoint' option); "
+                                              "a path or a URI (each node keeps one local copy)")
+    p.add_argument("--symbolic_checkpoint", help="weights file for the symbolic embedder (sets its 'checkpoint' option); "
+                                                 "a path or a URI (each node keeps one local copy)")
     p.add_argument("--media", default="audio_embeddings,symbolic_embeddings", help="comma-separated media to embed")
     p.add_argument("--num_gpus", type=float, default=0.0, help="GPUs per embedding actor (default 0: CPU actors)")
     p.add_argument("--batch_size", type=int, default=None, help="items per embedding batch (default: the embedder's)")
@@ -119,7 +121,7 @@ class MediumRun:
 def start_medium(spec: MediumSpec, info, emb_dir: Path | str, args) -> MediumRun:
     """Apply --overwrite, check the stored config, and find the rows of one medium still to embed."""
     cls = get_embedder_class(spec.embedder)
-    config = cls.make_config(**spec.options)
+    config = cls.make_config(**local_options(spec.options))
     config_hash = cls.hash_config(config)
     replaced = []
     if args.overwrite:
@@ -139,6 +141,8 @@ def start_medium(spec: MediumSpec, info, emb_dir: Path | str, args) -> MediumRun
     writer = None
     if pending:
         description = {**cls.describe_config(config), "config_hash": config_hash}
+        if spec.options.get("checkpoint") != getattr(config, "checkpoint", None):  # a URI: say where it came from
+            description["checkpoint_source"] = spec.options["checkpoint"]
         writer = ShardWriter(emb_dir, spec.medium, spec.embedder, config_hash, description, args.rows_per_part)
     return MediumRun(spec, counts, pending, writer, replaced)
 

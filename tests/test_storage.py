@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from embedders import storage
-from embedders.base import MissingFileError
+from embedders.base import ConfigError, MissingFileError
 from embedders.dataset import InfoCsvError, info_hash, read_info_csv, unsafe_path_reason
 from embedders.io import read_bytes
 from embedders.store import (ShardWriter, StoreError, check_shard_config, completed_ids, iter_shard_rows, part_files,
@@ -398,3 +398,33 @@ def test_pretrain_reads_its_dataset_from_s3_and_writes_there(s3, tmp_path, monke
     from ray_jobs.pretrain_staging import stage_dataset
     assert stage_dataset(f"{base}/data/raw/tiny", staged_root / "raw" / "tiny") == {"copied": 0, "kept": 10,
                                                                                      "missing": 0}
+
+
+@pytest.mark.slow
+def test_embedder_checkpoint_from_s3(s3, tmp_path, monkeypatch):
+    """--symbolic_checkpoint as an S3 URI: each node keeps one local copy; the vectors equal those
+    from the same file given as a local path, and the store names where the weights came from."""
+    from ray_jobs import generate_embeddings
+    from ray_jobs.embedding_pipeline import local_options
+    from tests.midi_model_factory import tiny_checkpoint
+
+    monkeypatch.setenv("AVS_STAGE_DIR", str(tmp_path / "stage"))
+    local_ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    uri = f"s3://{BUCKET}/{uuid.uuid4().hex}/model.pt"
+    storage.write_bytes(uri, local_ckpt.read_bytes())
+    copy = Path(local_options({"checkpoint": uri})["checkpoint"])
+    assert copy.read_bytes() == local_ckpt.read_bytes() and copy.is_relative_to(tmp_path / "stage")
+    assert local_options({"checkpoint": str(local_ckpt)}) == {"checkpoint": str(local_ckpt)}
+    with pytest.raises(ConfigError, match="no such file"):
+        local_options({"checkpoint": f"s3://{BUCKET}/missing/model.pt"})
+
+    make_dataset(tmp_path / "raw" / "toy", n=4, seconds=2.0)
+    args = ["--dataset", "toy", "--data_root", str(tmp_path), "--media", "symbolic_embeddings",
+            "--symbolic_embedder", "midi_transformer", "--num_cpus", "2"]
+    assert generate_embeddings.main([*args, "--symbolic_checkpoint", uri]) == 0
+    with h5py.File(tmp_path / "embeddings/toy/embeddings.h5") as f:
+        remote = f["symbolic_embeddings/midi_transformer/average"][...]
+        assert uri in f["symbolic_embeddings/midi_transformer"].attrs["description"]
+    assert generate_embeddings.main([*args, "--symbolic_checkpoint", str(local_ckpt), "--overwrite"]) == 0
+    with h5py.File(tmp_path / "embeddings/toy/embeddings.h5") as f:
+        np.testing.assert_array_equal(f["symbolic_embeddings/midi_transformer/average"][...], remote)
