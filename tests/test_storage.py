@@ -419,12 +419,19 @@ def test_embedder_checkpoint_from_s3(s3, tmp_path, monkeypatch):
         local_options({"checkpoint": f"s3://{BUCKET}/missing/model.pt"})
 
     make_dataset(tmp_path / "raw" / "toy", n=4, seconds=2.0)
-    args = ["--dataset", "toy", "--data_root", str(tmp_path), "--media", "symbolic_embeddings",
-            "--symbolic_embedder", "midi_transformer", "--num_cpus", "2"]
-    assert generate_embeddings.main([*args, "--symbolic_checkpoint", uri]) == 0
+    # Its own process and local Ray, so the actors inherit the AWS_* settings (cluster nodes have theirs)
+    env = {**os.environ, **s3, "AVS_STAGE_DIR": str(tmp_path / "stage"), "RAY_AUTH_MODE": "disabled",
+           "RAY_ADDRESS": "local"}
+    command = [sys.executable, "-m", "ray_jobs.generate_embeddings", "--dataset", "toy", "--data_root", str(tmp_path),
+               "--media", "symbolic_embeddings", "--symbolic_embedder", "midi_transformer", "--num_cpus", "2",
+               "--symbolic_checkpoint", uri]
+    job = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     with h5py.File(tmp_path / "embeddings/toy/embeddings.h5") as f:
         remote = f["symbolic_embeddings/midi_transformer/average"][...]
         assert uri in f["symbolic_embeddings/midi_transformer"].attrs["description"]
+    args = ["--dataset", "toy", "--data_root", str(tmp_path), "--media", "symbolic_embeddings",
+            "--symbolic_embedder", "midi_transformer", "--num_cpus", "2"]
     assert generate_embeddings.main([*args, "--symbolic_checkpoint", str(local_ckpt), "--overwrite"]) == 0
     with h5py.File(tmp_path / "embeddings/toy/embeddings.h5") as f:
         np.testing.assert_array_equal(f["symbolic_embeddings/midi_transformer/average"][...], remote)
