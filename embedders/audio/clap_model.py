@@ -32,7 +32,6 @@ paged in); ``text_branch.*`` (and its ``position_ids``), ``text_projection.*``, 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -47,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from embedders import checkpoint_files
 from embedders.base import CheckpointError, MissingDependencyError
 
 AMODELS = ("HTSAT-tiny", "HTSAT-base", "HTSAT-large")
@@ -221,21 +221,14 @@ def file_key(path: str) -> tuple[str, int, int]:
     if not path:
         raise CheckpointError(f"embedder 'clap' needs a checkpoint: {HOW_TO_GET}")
     try:
-        st = os.stat(path)
+        return checkpoint_files.file_key(path)
     except OSError:
         raise CheckpointError(f"LAION-CLAP checkpoint not found: {path}; {HOW_TO_GET}") from None
-    return os.path.abspath(path), int(st.st_size), int(st.st_mtime_ns)
 
 
 def checkpoint_sha256(path: str) -> str:
-    key = ("sha256", *file_key(path))
-    if key not in _CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
-        _CACHE[key] = digest.hexdigest()
-    return _CACHE[key]
+    file_key(path)  # a missing file raises CheckpointError with where to get it
+    return checkpoint_files.file_sha256(path)
 
 
 def read_audio_state(path: str) -> tuple[dict[str, Any], dict[str, Any]]:

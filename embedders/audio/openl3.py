@@ -52,6 +52,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from embedders import checkpoint_files
 from embedders.base import (AudioDecodeError, CheckpointError, ConfigError, Embedder, EmbedderConfig,
                             EmptyInputError, FrameGrid, MissingDependencyError)
 from embedders.registry import register
@@ -153,20 +154,8 @@ def weights_path(config: OpenL3Config) -> str:
     return path
 
 
-def _file_key(path: str) -> tuple[str, int, int]:
-    st = os.stat(path)
-    return os.path.abspath(path), int(st.st_size), int(st.st_mtime_ns)
-
-
-def weights_sha256(path: str) -> str:
-    key = ("sha256", *_file_key(path))
-    if key not in _CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
-        _CACHE[key] = digest.hexdigest()
-    return _CACHE[key]
+_file_key = checkpoint_files.file_key
+weights_sha256 = checkpoint_files.file_sha256
 
 
 def read_state_dict(path: str) -> dict[str, Any]:

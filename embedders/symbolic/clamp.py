@@ -39,11 +39,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import os
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from embedders import checkpoint_files
 from embedders.base import (CheckpointError, ConfigError, Embedder, EmbedderConfig, EmptyInputError,
                             MidiDecodeError, MissingDependencyError)
 from embedders.registry import register
@@ -202,21 +202,14 @@ def _file_key(path: str) -> tuple[str, int, int]:
     if not path:
         raise CheckpointError(f"embedder 'clamp' needs a checkpoint: {HOW_TO_GET}")
     try:
-        st = os.stat(path)
+        return checkpoint_files.file_key(path)
     except OSError:
         raise CheckpointError(f"CLaMP checkpoint not found: {path}; {HOW_TO_GET}") from None
-    return os.path.abspath(path), int(st.st_size), int(st.st_mtime_ns)
 
 
 def checkpoint_sha256(path: str) -> str:
-    key = ("sha256", *_file_key(path))
-    if key not in _CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        _CACHE[key] = h.hexdigest()
-    return _CACHE[key]
+    _file_key(path)  # a missing file raises CheckpointError with where to get it
+    return checkpoint_files.file_sha256(path)
 
 
 @register
