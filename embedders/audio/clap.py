@@ -37,6 +37,7 @@ import numpy as np
 
 from embedders.audio import clap_model
 from embedders.audio.clap_model import AMODELS, JOINT_DIM, checkpoint_sha256, file_key
+from embedders.devices import cuda_autocast_dtype, torch_device
 from embedders.base import (AudioDecodeError, ConfigError, Embedder, EmbedderConfig, EmptyInputError, FrameGrid)
 from embedders.registry import register
 
@@ -109,20 +110,8 @@ class CLAP(Embedder):
         super().__init__(config)
         cfg: CLAPConfig = self.config  # type: ignore[assignment]
         clap_model.htsat_module()  # a missing extra fails before the checkpoint is looked for
-        import torch
-
-        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"clap: device {cfg.device!r} requested but CUDA is not available here")
-        self.device = torch.device(device)
-        if cfg.precision in ("bf16", "fp16") and self.device.type != "cuda":
-            raise ConfigError(f"clap: precision={cfg.precision} is autocast on CUDA only, and this embedder runs on "
-                              f"{self.device}; use precision=fp32 or auto")
-        self.autocast_dtype = None
-        if cfg.precision == "auto" and self.device.type == "cuda":
-            self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        elif cfg.precision in ("bf16", "fp16"):
-            self.autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+        self.device = torch_device("clap", cfg.device)
+        self.autocast_dtype = cuda_autocast_dtype("clap", cfg.precision, self.device)
         self.batch_size = cfg.batch_size or (64 if self.device.type == "cuda" else 8)
         self.grid = FrameGrid(cfg.hop_seconds, cfg.window_seconds)
         self.hop_seconds = cfg.hop_seconds

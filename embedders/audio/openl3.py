@@ -53,6 +53,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from embedders import checkpoint_files
+from embedders.devices import cuda_autocast_dtype, torch_device
 from embedders.base import (AudioDecodeError, CheckpointError, ConfigError, Embedder, EmbedderConfig,
                             EmptyInputError, FrameGrid, MissingDependencyError)
 from embedders.registry import register
@@ -249,20 +250,8 @@ class OpenL3(Embedder):
         super().__init__(config)
         cfg: OpenL3Config = self.config  # type: ignore[assignment]
         _import_torchopenl3()  # a missing extra fails before the weights are looked for
-        import torch
-
-        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"openl3: device {cfg.device!r} requested but CUDA is not available here")
-        self.device = torch.device(device)
-        if cfg.precision in ("bf16", "fp16") and self.device.type != "cuda":
-            raise ConfigError(f"openl3: precision={cfg.precision} is autocast on CUDA only, and this embedder runs on "
-                              f"{self.device}; use precision=fp32 or auto")
-        self.autocast_dtype = None
-        if cfg.precision == "auto" and self.device.type == "cuda":
-            self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        elif cfg.precision in ("bf16", "fp16"):
-            self.autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+        self.device = torch_device("openl3", cfg.device)
+        self.autocast_dtype = cuda_autocast_dtype("openl3", cfg.precision, self.device)
         self.batch_size = cfg.batch_size or (128 if self.device.type == "cuda" else 1)
         self.grid = FrameGrid(cfg.hop_seconds, WINDOW_SECONDS)
         self.hop_seconds = cfg.hop_seconds
