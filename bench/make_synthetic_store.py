@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embedders.h5store import consolidate
-from embedders.store import ShardWriter
+from embedders.store.h5 import consolidate
+from embedders.store.parts import ShardWriter
 
 
 def main() -> None:

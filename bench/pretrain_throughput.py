@@ -64,7 +64,7 @@ def train_items(cfg) -> tuple[list[int], list[int]]:
     """Lengths of the training items (chunks) the run used, from the token cache; and the files' lengths."""
     from embedders.dataset import read_info_csv
     from embedders.symbolic.midi_transformer import tokenizer as tk
-    from ray_jobs.pretrain import resolve_paths
+    from ray_jobs.pretrain.job import resolve_paths
     from training.midi_datasets import MIDIDatasetPresaved, split_files
 
     paths = resolve_paths(cfg)
@@ -91,9 +91,9 @@ def padding_share(lengths: list[int], batch_size: int, workers: int, bucket: boo
 
 def cpu_runs(args, work: Path) -> dict[str, Any]:
     from embedders.dataset import read_info_csv
-    from ray_jobs._ray import ensure_ray
-    from ray_jobs.pretrain import run
-    from ray_jobs.pretrain_config import validate
+    from ray_jobs.ray_session import ensure_ray
+    from ray_jobs.pretrain.job import run
+    from ray_jobs.pretrain.config import validate
 
     source = Path(args.source).resolve()
     read_info_csv(source)  # fail early on a bad dataset folder

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from embedders import storage
+from embedders.store import filesystem as fs
 
 REQUIRED_COLUMNS = ("id", "audio_filename", "midi_filename")
 PATH_COLUMNS = ("audio_filename", "midi_filename")
@@ -27,11 +27,11 @@ class InfoCsvError(ValueError):
 
 def dataset_dir(data_root, dataset: str) -> Path | str:
     """``<data_root>/raw/<dataset>``: a Path, or a URI string when data_root is remote (s3://, gs://)."""
-    return storage.join(data_root, "raw", dataset)
+    return fs.join(data_root, "raw", dataset)
 
 
 def embeddings_dir(data_root, dataset: str) -> Path | str:
-    return storage.join(data_root, "embeddings", dataset)
+    return fs.join(data_root, "embeddings", dataset)
 
 
 def file_sha256(path) -> str:
@@ -53,10 +53,10 @@ def unsafe_path_reason(root: Path | str, relative: str) -> str | None:
 
     Remote roots (object stores) have no links, so the lexical checks are the whole check there.
     """
-    reason = storage.unsafe_relative_reason(relative)
-    if reason or storage.is_remote(root):
+    reason = fs.unsafe_relative_reason(relative)
+    if reason or fs.is_remote(root):
         return reason
-    root = storage.local_path(root)
+    root = fs.local_path(root)
     resolved = (root / relative).resolve()
     if not resolved.is_relative_to(root.resolve()):
         return "resolves outside the dataset folder (symbolic link)"
@@ -67,16 +67,16 @@ def resolve_item_path(root: Path | str, relative: str) -> Path | str:
     reason = unsafe_path_reason(root, relative)
     if reason:
         raise InfoCsvError(f"path {relative!r} {reason}; paths in info.csv must stay inside {root}")
-    return storage.join(root, relative)
+    return fs.join(root, relative)
 
 
 def read_info_csv(root) -> pd.DataFrame:
     """Load and validate ``root/info.csv`` (root: a folder or a URI); raise InfoCsvError listing every problem."""
-    root = root if storage.is_remote(root) else storage.local_path(root)
-    path = storage.join(root, "info.csv")
-    if not storage.is_file(path):
+    root = root if fs.is_remote(root) else fs.local_path(root)
+    path = fs.join(root, "info.csv")
+    if not fs.is_file(path):
         raise InfoCsvError(f"{path} not found; a dataset folder needs an info.csv with columns {', '.join(REQUIRED_COLUMNS)}")
-    source = io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else path
+    source = io.BytesIO(fs.read_bytes(path)) if fs.is_remote(path) else path
     try:
         info = pd.read_csv(source, dtype={c: "string" for c in REQUIRED_COLUMNS}, keep_default_na=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -113,8 +113,8 @@ def read_info_csv(root) -> pd.DataFrame:
 
 
 def info_hash(root) -> str:
-    path = storage.join(root, "info.csv")
-    return hashlib.sha256(storage.read_bytes(path)).hexdigest() if storage.is_remote(path) else file_sha256(path)
+    path = fs.join(root, "info.csv")
+    return hashlib.sha256(fs.read_bytes(path)).hexdigest() if fs.is_remote(path) else file_sha256(path)
 
 
 def package_versions(names=("numpy", "pandas", "pyarrow", "h5py", "soundfile", "soxr", "symusic",

@@ -23,11 +23,11 @@ SILENCE_PEAK = 1e-5
 def read_bytes(path: str | os.PathLike[str], item_id: str | None) -> bytes:
     """Read a whole file (a local path or a URI: s3://, gs://, ...); a missing one raises MissingFileError
     naming the item. Other storage failures (credentials, network) are not the item's fault and propagate."""
-    from embedders import storage
+    from embedders.store import filesystem as fs
 
-    if storage.is_remote(path):
+    if fs.is_remote(path):
         try:
-            return storage.read_bytes(path)
+            return fs.read_bytes(path)
         except FileNotFoundError:
             raise MissingFileError(item_id, f"file not found: {path}") from None
     try:

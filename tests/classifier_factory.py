@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from embedders.h5store import consolidate
-from embedders.store import ShardWriter
+from embedders.store.h5 import consolidate
+from embedders.store.parts import ShardWriter
 
 A, S = "audio_embeddings", "symbolic_embeddings"
 STYLES = ("blues", "folk", "funk", "jazz", "metal", "pop", "rock", "soul")

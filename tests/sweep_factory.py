@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embedders.h5store import consolidate
-from embedders.store import ShardWriter
+from embedders.store.h5 import consolidate
+from embedders.store.parts import ShardWriter
 
 A, S = "audio_embeddings", "symbolic_embeddings"
 N, DIM_A, DIM_S = 72, 8, 6
@@ -61,7 +61,7 @@ def tiny_sweep(tmp_path_factory) -> SweepRun:
     """Run the CI sweep once per test session (the e2e and the browser tests read the same run)."""
     key = str(tmp_path_factory.getbasetemp())
     if key not in _RUNS:
-        from ray_jobs import sweep
+        from ray_jobs.sweep import job as sweep
 
         root = tmp_path_factory.mktemp("sweep_store")
         h5 = tiny_store(root)

@@ -352,7 +352,7 @@ def test_config_validation():
 
 
 def test_in_the_pipeline_actor(ckpt):
-    from ray_jobs.embedding_pipeline import EmbedActor, MediumSpec
+    from ray_jobs.generate_embeddings.pipeline import EmbedActor, MediumSpec
 
     spec = MediumSpec("symbolic_embeddings", "midi_filename", "clamp", {"checkpoint": str(ckpt), **SMALL}, None)
     good = np.frombuffer(known_midi(), dtype=np.uint8)
@@ -382,7 +382,7 @@ def test_cuda_autocast_close_to_fp32(ckpt):
 def test_pipeline_actors_pass_the_original_midi_file(ckpt, tmp_path):
     """Both actor layouts hand clamp the file's own bytes (the authors' input), never a Score
     re-encoded from it, and the vectors equal embedding those bytes directly."""
-    from ray_jobs.embedding_pipeline import EmbedActor, MediumSpec
+    from ray_jobs.generate_embeddings.pipeline import EmbedActor, MediumSpec
 
     spec = MediumSpec("symbolic_embeddings", "midi_filename", "clamp", {"checkpoint": str(ckpt), **SMALL}, None)
     data = known_midi()

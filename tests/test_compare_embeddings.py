@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from analysis.pooling import mean_std_pool
-from embedders.h5store import consolidate
-from embedders.store import ShardWriter
-from ray_jobs import compare_embeddings
+from embedders.store.h5 import consolidate
+from embedders.store.parts import ShardWriter
+from ray_jobs.compare_embeddings import job as compare_embeddings
 
 A, S = "audio_embeddings", "symbolic_embeddings"
 FAST = ["--n_permutations", "19", "--n_boot", "20"]
@@ -179,7 +179,7 @@ def test_report_renders_in_a_browser(runs):
 # --------------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_on_a_store_written_by_generate_embeddings(ray_session, tmp_path, capsys):
-    from ray_jobs import generate_embeddings
+    from ray_jobs.generate_embeddings import job as generate_embeddings
     from tests.factory import make_dataset
 
     root = tmp_path / "raw" / "toy"

@@ -6,7 +6,7 @@ import h5py
 import pandas as pd
 import pytest
 
-from ray_jobs import demo
+from ray_jobs.demo import job as demo
 
 pytestmark = pytest.mark.slow
 

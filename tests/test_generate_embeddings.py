@@ -8,9 +8,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from embedders.h5store import load, load_pair
-from embedders.store import ShardWriter, part_files
-from ray_jobs import generate_embeddings
+from embedders.store.h5 import load, load_pair
+from embedders.store.parts import ShardWriter, part_files
+from ray_jobs.generate_embeddings import job as generate_embeddings
 from tests.factory import make_dataset, write_midi, write_wav
 
 pytestmark = pytest.mark.slow

@@ -245,7 +245,7 @@ def test_mixed_precision_is_cuda_only_and_front_end_stays_fp32(weights, embedder
 @needs_torchopenl3
 def test_embed_actor_builds_it_from_job_options(weights):
     """The Ray Data actor's constructor path, with options as generate_embeddings passes them."""
-    from ray_jobs.embedding_pipeline import EmbedActor, MediumSpec
+    from ray_jobs.generate_embeddings.pipeline import EmbedActor, MediumSpec
 
     spec = MediumSpec("audio_embeddings", "audio_filename", "openl3",
                       {"checkpoint": str(weights), "input_repr": "mel128", "hop_seconds": 0.5}, SR)
@@ -258,9 +258,9 @@ def test_embed_actor_builds_it_from_job_options(weights):
 @pytest.mark.slow
 @needs_torchopenl3
 def test_through_the_embedding_job(ray_session, tmp_path, weights, embedder):
-    from embedders.h5store import load
+    from embedders.store.h5 import load
     from embedders.io import decode_audio
-    from ray_jobs import generate_embeddings
+    from ray_jobs.generate_embeddings import job as generate_embeddings
     from tests.factory import make_dataset
 
     root = make_dataset(tmp_path / "raw" / "toy", n=2, seconds=1.5)

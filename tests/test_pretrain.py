@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 
-from ray_jobs.pretrain_config import PretrainConfigError, register_schema, validate
+from ray_jobs.pretrain.config import PretrainConfigError, register_schema, validate
 from tests.midi_model_factory import write_tiny_midis
 
 register_schema()
@@ -24,7 +24,7 @@ def make_cfg(tmp_path: Path, *overrides: str):
         "train.num_layers=1", "train.batch_size=4", "train.epochs=2", "train.warmup_steps=2",
         "train.model_name=tiny_model", "mlflow.viz_interval=1", "mlflow.color_by=style", "ray.num_workers=2",
     ]
-    with initialize_config_module(config_module="ray_jobs.configs", version_base=None):
+    with initialize_config_module(config_module="ray_jobs.pretrain.configs", version_base=None):
         return compose(config_name="config", overrides=[*base, *overrides])
 
 
@@ -40,7 +40,7 @@ def tiny_dataset(tmp_path: Path) -> Path:
 
 
 def test_default_configs_compose_and_validate(tmp_path):
-    with initialize_config_module(config_module="ray_jobs.configs", version_base=None):
+    with initialize_config_module(config_module="ray_jobs.pretrain.configs", version_base=None):
         for name in ("config", "large_model"):
             cfg = compose(config_name=name, overrides=[f"output_dir={tmp_path}"])
             validate(cfg)
@@ -68,7 +68,7 @@ def test_bad_values_are_listed(tmp_path):
 def test_two_worker_run_survives_a_failure_and_a_rerun_continues(ray_session, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from ray_jobs.pretrain import run
+    from ray_jobs.pretrain.job import run
     from embedders.symbolic.midi_transformer.transformer import load_checkpoint
 
     tiny_dataset(tmp_path)

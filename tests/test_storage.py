@@ -1,4 +1,4 @@
-"""embedders.storage: local paths, file:// URIs and remote URIs (fsspec memory://, and S3 on a local
+"""embedders.store.filesystem: local paths, file:// URIs and remote URIs (fsspec memory://, and S3 on a local
 moto server on 127.0.0.1 reached through pyarrow's own S3 client), and the jobs on remote stores."""
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embedders import storage
+from embedders.store import filesystem as fs
 from embedders.base import ConfigError, MissingFileError
 from embedders.dataset import InfoCsvError, info_hash, read_info_csv, unsafe_path_reason
 from embedders.io import read_bytes
-from embedders.store import (ShardWriter, StoreError, check_shard_config, completed_ids, iter_shard_rows, part_files,
-                             read_errors, remove_shards, shard_description, stored_embedders, write_errors)
+from embedders.store.parts import ShardWriter, StoreError, check_shard_config, completed_ids, iter_shard_rows, part_files, read_errors, remove_shards, shard_description, stored_embedders, write_errors
 from tests.factory import make_dataset
 
 try:
@@ -60,9 +59,9 @@ def s3():
         import pyarrow.fs as pafs
 
         pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], allow_bucket_creation=True).create_dir(BUCKET)
-        storage._remote_filesystem.cache_clear()
+        fs._remote_filesystem.cache_clear()
         yield env
-        storage._remote_filesystem.cache_clear()
+        fs._remote_filesystem.cache_clear()
     server.stop()
 
 
@@ -83,23 +82,23 @@ def root(request, tmp_path):
 # Names and paths
 # ---------------------------------------------------------------------------------------------
 def test_schemes_joins_and_local_paths(tmp_path):
-    assert storage.join("data", "raw", "x") == Path("data/raw/x")
-    assert storage.join("s3://b/data/", "raw", "x/", "/y.wav") == "s3://b/data/raw/x/y.wav"
-    assert storage.join("gs://b", "a\\b.wav") == "gs://b/a/b.wav"
-    assert storage.join(tmp_path.as_uri(), "a") == tmp_path / "a"
-    assert [storage.is_remote(x) for x in ("s3://b", "GS://b/x", "memory://m", "file:///x", "data", Path("s3:/x"))] \
+    assert fs.join("data", "raw", "x") == Path("data/raw/x")
+    assert fs.join("s3://b/data/", "raw", "x/", "/y.wav") == "s3://b/data/raw/x/y.wav"
+    assert fs.join("gs://b", "a\\b.wav") == "gs://b/a/b.wav"
+    assert fs.join(tmp_path.as_uri(), "a") == tmp_path / "a"
+    assert [fs.is_remote(x) for x in ("s3://b", "GS://b/x", "memory://m", "file:///x", "data", Path("s3:/x"))] \
         == [True, True, True, False, False, False]
-    assert storage.scheme("GS://b") == "gs" and storage.scheme(Path("x")) == ""
-    assert storage.name("s3://b/x/y.h5/") == "y.h5" and storage.name(tmp_path / "z.h5") == "z.h5"
-    assert storage.display("s3://b/x") == "s3://b/x" and storage.display("rel") == str(Path("rel").absolute())
-    with pytest.raises(storage.StorageError, match="host"):
-        storage.local_path("file://otherhost/x")
-    with pytest.raises(storage.StorageError, match="remote URI"):
-        storage.local_path("s3://b/x")
-    with pytest.raises(storage.StorageError, match="query strings"):
-        storage.resolve("s3://b/x?endpoint_override=elsewhere")
-    with pytest.raises(storage.StorageError, match="nosuchproto"):
-        storage.resolve("nosuchproto://b/x")
+    assert fs.scheme("GS://b") == "gs" and fs.scheme(Path("x")) == ""
+    assert fs.name("s3://b/x/y.h5/") == "y.h5" and fs.name(tmp_path / "z.h5") == "z.h5"
+    assert fs.display("s3://b/x") == "s3://b/x" and fs.display("rel") == str(Path("rel").absolute())
+    with pytest.raises(fs.StorageError, match="host"):
+        fs.local_path("file://otherhost/x")
+    with pytest.raises(fs.StorageError, match="remote URI"):
+        fs.local_path("s3://b/x")
+    with pytest.raises(fs.StorageError, match="query strings"):
+        fs.resolve("s3://b/x?endpoint_override=elsewhere")
+    with pytest.raises(fs.StorageError, match="nosuchproto"):
+        fs.resolve("nosuchproto://b/x")
 
 
 @pytest.mark.parametrize("relative, reason", [
@@ -118,105 +117,105 @@ def test_item_paths_are_checked_as_strictly_on_remote_roots(relative, reason, tm
 # One behaviour on every kind of location
 # ---------------------------------------------------------------------------------------------
 def test_files_folders_and_missing_things(root):
-    a, b = storage.join(root, "x", "a.bin"), storage.join(root, "x", "sub", "b.txt")
-    assert not storage.exists(a) and storage.glob(storage.join(root, "x"), "*") == [] and storage.list_dirs(root) == []
-    storage.write_bytes(a, b"\x00abc")
-    storage.write_bytes(b, b"hello")
-    assert storage.read_bytes(a) == b"\x00abc" and storage.file_size(b) == 5
-    assert storage.is_file(a) and not storage.is_file(storage.join(root, "x")) and storage.exists(storage.join(root, "x"))
-    assert storage.glob(storage.join(root, "x"), "*.bin") == [a]
-    assert storage.list_dirs(storage.join(root, "x")) == ["sub"]
+    a, b = fs.join(root, "x", "a.bin"), fs.join(root, "x", "sub", "b.txt")
+    assert not fs.exists(a) and fs.glob(fs.join(root, "x"), "*") == [] and fs.list_dirs(root) == []
+    fs.write_bytes(a, b"\x00abc")
+    fs.write_bytes(b, b"hello")
+    assert fs.read_bytes(a) == b"\x00abc" and fs.file_size(b) == 5
+    assert fs.is_file(a) and not fs.is_file(fs.join(root, "x")) and fs.exists(fs.join(root, "x"))
+    assert fs.glob(fs.join(root, "x"), "*.bin") == [a]
+    assert fs.list_dirs(fs.join(root, "x")) == ["sub"]
     with pytest.raises(FileNotFoundError):
-        storage.read_bytes(storage.join(root, "x", "nope"))
+        fs.read_bytes(fs.join(root, "x", "nope"))
     with pytest.raises(FileNotFoundError):
-        storage.read_bytes(storage.join(root, "x"))  # a folder is not a file
-    storage.remove(a)
-    storage.remove(a)  # missing is fine
-    assert not storage.exists(a)
-    if storage.is_remote(root):
+        fs.read_bytes(fs.join(root, "x"))  # a folder is not a file
+    fs.remove(a)
+    fs.remove(a)  # missing is fine
+    assert not fs.exists(a)
+    if fs.is_remote(root):
         with pytest.raises(MissingFileError, match=r"rec7.*file not found"):
-            read_bytes(storage.join(root, "nope.wav"), "rec7")
+            read_bytes(fs.join(root, "nope.wav"), "rec7")
 
 
 def test_parquet_round_trip(root):
     table = pa.table({"id": ["a", "b"], "v": [1.5, 2.5]}).replace_schema_metadata({b"k": b"v"})
-    path = storage.join(root, "t", "part-1.parquet")
-    storage.write_parquet(table, path)
-    assert storage.read_parquet(path).equals(table)
-    assert storage.read_parquet(path, columns=("v",)).column_names == ["v"]
-    assert storage.read_parquet_schema(path).metadata[b"k"] == b"v"
+    path = fs.join(root, "t", "part-1.parquet")
+    fs.write_parquet(table, path)
+    assert fs.read_parquet(path).equals(table)
+    assert fs.read_parquet(path, columns=("v",)).column_names == ["v"]
+    assert fs.read_parquet_schema(path).metadata[b"k"] == b"v"
 
 
 def test_local_copies_and_outputs(root):
-    storage.write_bytes(storage.join(root, "in", "a.txt"), b"A")
-    storage.write_bytes(storage.join(root, "in", "deep", "b.txt"), b"B")
-    with storage.local_copy(storage.join(root, "in")) as local:
+    fs.write_bytes(fs.join(root, "in", "a.txt"), b"A")
+    fs.write_bytes(fs.join(root, "in", "deep", "b.txt"), b"B")
+    with fs.local_copy(fs.join(root, "in")) as local:
         assert (local / "a.txt").read_bytes() == b"A" and (local / "deep" / "b.txt").read_bytes() == b"B"
-    with storage.local_copy(storage.join(root, "in", "a.txt")) as local:
+    with fs.local_copy(fs.join(root, "in", "a.txt")) as local:
         assert local.read_bytes() == b"A"
-    if storage.is_remote(root):
+    if fs.is_remote(root):
         assert not local.exists()  # the temporary copy is gone
         with pytest.raises(FileNotFoundError):
-            with storage.local_copy(storage.join(root, "missing")):
+            with fs.local_copy(fs.join(root, "missing")):
                 pass
-    with storage.local_copy(storage.join(root, "missing"), missing_ok=True) as local:
+    with fs.local_copy(fs.join(root, "missing"), missing_ok=True) as local:
         assert not local.exists()
 
-    with storage.local_output_dir(storage.join(root, "out")) as out:
+    with fs.local_output_dir(fs.join(root, "out")) as out:
         (out / "r").mkdir()
         (out / "r" / "report.html").write_text("<html/>")
         (out / "metrics.json").write_text("{}")
-    assert storage.read_bytes(storage.join(root, "out", "r", "report.html")) == b"<html/>"
-    assert storage.read_bytes(storage.join(root, "out", "metrics.json")) == b"{}"
+    assert fs.read_bytes(fs.join(root, "out", "r", "report.html")) == b"<html/>"
+    assert fs.read_bytes(fs.join(root, "out", "metrics.json")) == b"{}"
     with pytest.raises(RuntimeError):
-        with storage.local_output_dir(storage.join(root, "failed")) as out:
+        with fs.local_output_dir(fs.join(root, "failed")) as out:
             (out / "half.json").write_text("{")
             raise RuntimeError("the job failed")
-    assert storage.exists(storage.join(root, "failed", "half.json")) == (not storage.is_remote(root))
+    assert fs.exists(fs.join(root, "failed", "half.json")) == (not fs.is_remote(root))
 
-    with storage.local_output_file(storage.join(root, "h5", "e.h5")) as local:
+    with fs.local_output_file(fs.join(root, "h5", "e.h5")) as local:
         with h5py.File(local, "w") as f:
             f["x"] = np.arange(3)
-    with storage.local_copy(storage.join(root, "h5", "e.h5")) as local, h5py.File(local) as f:
+    with fs.local_copy(fs.join(root, "h5", "e.h5")) as local, h5py.File(local) as f:
         assert f["x"][...].tolist() == [0, 1, 2]
 
 
 def test_staged_dir_resumes_from_and_returns_to_its_location(root, tmp_path, monkeypatch):
     monkeypatch.setenv("AVS_STAGE_DIR", str(tmp_path / "stage"))
-    target = storage.join(root, "sweep")
-    with storage.staged_dir(target) as work:
+    target = fs.join(root, "sweep")
+    with fs.staged_dir(target) as work:
         (work / "task_a.json").write_text("done")
         first = work
     with pytest.raises(RuntimeError):  # a failed run keeps what it finished
-        with storage.staged_dir(target) as work:
+        with fs.staged_dir(target) as work:
             assert (work / "task_a.json").read_text() == "done"  # the previous run's output came down
             assert work == first  # the same staging path on every rerun (MLflow records absolute paths)
             (work / "task_b.json").write_text("done")
             raise RuntimeError("task c failed")
-    assert storage.read_bytes(storage.join(target, "task_b.json")) == b"done"
-    if storage.is_remote(root):
+    assert fs.read_bytes(fs.join(target, "task_b.json")) == b"done"
+    if fs.is_remote(root):
         assert not first.exists()  # the staging copy is removed once uploaded
 
 
 def test_info_csv_on_every_kind_of_root(root, tmp_path):
     local = make_dataset(tmp_path / "ds", n=2)
     rows = (local / "info.csv").read_text().splitlines()
-    dataset = storage.join(root, "raw", "ds")
-    storage.write_bytes(storage.join(dataset, "info.csv"), (local / "info.csv").read_bytes())
+    dataset = fs.join(root, "raw", "ds")
+    fs.write_bytes(fs.join(dataset, "info.csv"), (local / "info.csv").read_bytes())
     info = read_info_csv(dataset)
     assert info["id"].tolist() == ["rec0", "rec1"] and info["bpm"].dtype.kind == "f"
     assert info_hash(dataset) == hashlib.sha256((local / "info.csv").read_bytes()).hexdigest()
     bad = rows + ["x1,s3://elsewhere/a.wav,midi/a.mid,jazz,1,train", "x2,../../a.wav,midi/a.mid,jazz,1,train",
                   "x3,/abs/a.wav,midi/a.mid,jazz,1,train"]
-    storage.write_bytes(storage.join(dataset, "info.csv"), "\n".join(bad).encode())
+    fs.write_bytes(fs.join(dataset, "info.csv"), "\n".join(bad).encode())
     message = str(pytest.raises(InfoCsvError, read_info_csv, dataset).value)
     assert all(s in message for s in ("'x1'", "URI", "'x2'", "'..'", "'x3'", "absolute"))
     with pytest.raises(InfoCsvError, match="not found"):
-        read_info_csv(storage.join(root, "raw", "nope"))
+        read_info_csv(fs.join(root, "raw", "nope"))
 
 
 def test_store_shards_and_errors_on_every_kind_of_root(root):
-    emb = storage.join(root, "embeddings", "ds")
+    emb = fs.join(root, "embeddings", "ds")
     A = "audio_embeddings"
     writer = ShardWriter(emb, A, "melstats", "hash1", {"dim": 2, "config_hash": "hash1"}, rows_per_part=2)
     for k in range(3):
@@ -242,7 +241,7 @@ def test_store_shards_and_errors_on_every_kind_of_root(root):
 # ---------------------------------------------------------------------------------------------
 def upload_tree(local: Path, uri: str) -> None:
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        storage.write_bytes(storage.join(uri, *path.relative_to(local).parts), path.read_bytes())
+        fs.write_bytes(fs.join(uri, *path.relative_to(local).parts), path.read_bytes())
 
 
 @pytest.mark.slow
@@ -254,7 +253,7 @@ def test_generate_and_compare_embeddings_on_s3(s3, tmp_path):
         {"id": "gone", "audio_filename": "audio/gone.wav", "midi_filename": "midi/rec0.mid", "style": "jazz",
          "bpm": 1, "split": "train"}])
     data_root = f"s3://{BUCKET}/{uuid.uuid4().hex}/data"
-    upload_tree(local, storage.join(data_root, "raw", "toy"))
+    upload_tree(local, fs.join(data_root, "raw", "toy"))
     # The job runs in its own process with its own local Ray: its workers inherit the AWS_* settings,
     # as the nodes of a cluster have theirs (instance profiles) in their environment.
     env = {**os.environ, **s3, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local"}
@@ -262,32 +261,32 @@ def test_generate_and_compare_embeddings_on_s3(s3, tmp_path):
                "--num_cpus", "2", "--batch_size", "8", "--rows_per_part", "8"]
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    emb = storage.join(data_root, "embeddings", "toy")
+    emb = fs.join(data_root, "embeddings", "toy")
     assert len(part_files(emb, "audio_embeddings", "melstats")) == 3  # 20 rows, 8 per part
     assert [(e["id"], e["medium"], e["error_type"]) for e in read_errors(emb)] == \
         [("gone", "audio_embeddings", "MissingFileError")]
-    with storage.local_copy(storage.join(emb, "embeddings.h5")) as h5, h5py.File(h5) as f:
+    with fs.local_copy(fs.join(emb, "embeddings.h5")) as h5, h5py.File(h5) as f:
         assert f["audio_embeddings/melstats/valid"][...].sum() == 20
         assert f["symbolic_embeddings/pianoroll/valid"][...].sum() == 21
         assert f["audio_embeddings/melstats/average"].shape == (21, 161)
-    summary = json.loads(storage.read_bytes(storage.join(emb, "summary.json")))
-    assert summary["h5_path"] == storage.join(emb, "embeddings.h5")
+    summary = json.loads(fs.read_bytes(fs.join(emb, "summary.json")))
+    assert summary["h5_path"] == fs.join(emb, "embeddings.h5")
 
     second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "20 already embedded, 1 to do" in second.stdout and "21 already embedded, 0 to do" in second.stdout
     assert len(part_files(emb, "audio_embeddings", "melstats")) == 3  # resumed: nothing written twice
 
-    from ray_jobs import compare_embeddings
+    from ray_jobs.compare_embeddings import job as compare_embeddings
 
     out = f"s3://{BUCKET}/{uuid.uuid4().hex}/compare"
-    assert compare_embeddings.main(["--h5_path", storage.join(emb, "embeddings.h5"), "--output_dir", out,
+    assert compare_embeddings.main(["--h5_path", fs.join(emb, "embeddings.h5"), "--output_dir", out,
                                     "--label", "style", "--n_permutations", "20", "--n_boot", "20"]) == 0
-    assert sorted(storage.name(p) for p in storage.glob(out, "*")) == \
+    assert sorted(fs.name(p) for p in fs.glob(out, "*")) == \
         ["metrics.csv", "metrics.json", "null_distributions.npz", "report.html"]
-    metrics = json.loads(storage.read_bytes(storage.join(out, "metrics.json")))
-    assert metrics["inputs"]["h5_path"] == storage.join(emb, "embeddings.h5") and metrics["counts"]["paired"] == 20
-    assert compare_embeddings.main(["--h5_path", storage.join(emb, "nope.h5"), "--output_dir", out]) == 2
+    metrics = json.loads(fs.read_bytes(fs.join(out, "metrics.json")))
+    assert metrics["inputs"]["h5_path"] == fs.join(emb, "embeddings.h5") and metrics["counts"]["paired"] == 20
+    assert compare_embeddings.main(["--h5_path", fs.join(emb, "nope.h5"), "--output_dir", out]) == 2
 
 
 def test_prepare_dataset_tasks_write_straight_to_s3(s3):
@@ -295,8 +294,8 @@ def test_prepare_dataset_tasks_write_straight_to_s3(s3):
     a rerun finds them there (resume needs no local copy)."""
     import dataclasses
 
-    from ray_jobs import dataset_build as db
-    from ray_jobs import prepare_dataset as prep
+    from ray_jobs.prepare_dataset.recipes import music21 as db
+    from ray_jobs.prepare_dataset import job as prep
 
     dataset = f"s3://{BUCKET}/{uuid.uuid4().hex}/data/raw/m21"
     work = db.make_work("bach", "bach/bwv66.6.mxl", None, 40.0, "4/4", False)
@@ -305,28 +304,25 @@ def test_prepare_dataset_tasks_write_straight_to_s3(s3):
     assert row["status"] == "built", row["reason"]
     record = prep.load_done(dataset, work.id, "h1")
     assert record is not None and record["audio_filename"] == f"audio/{work.id}.wav"
-    assert storage.read_bytes(storage.join(dataset, record["midi_filename"]))[:4] == b"MThd"
-    assert storage.read_bytes(storage.join(dataset, record["audio_filename"]))[:4] == b"RIFF"
+    assert fs.read_bytes(fs.join(dataset, record["midi_filename"]))[:4] == b"MThd"
+    assert fs.read_bytes(fs.join(dataset, record["audio_filename"]))[:4] == b"RIFF"
     assert prep.load_done(dataset, work.id, "other-settings") is None
-    storage.remove(storage.join(dataset, record["audio_filename"]))
+    fs.remove(fs.join(dataset, record["audio_filename"]))
     assert prep.load_done(dataset, work.id, "h1") is None  # a missing file means: build it again
 
 
-def test_copy_tree_and_the_sync_job_between_kinds_of_location(root, tmp_path, capsys):
-    from ray_jobs import sync
-
+def test_copy_tree_between_kinds_of_location(root, tmp_path):
     local = make_dataset(tmp_path / "ds", n=2)
-    assert sync.main([str(local), str(storage.join(root, "ds")), "--exclude", "audio/*"]) == 0
-    assert "copied 3, already there 0" in capsys.readouterr().out  # info.csv and two MIDI files
-    assert not storage.exists(storage.join(root, "ds", "audio", "rec0.wav"))
-    assert storage.read_bytes(storage.join(root, "ds", "midi", "rec1.mid")) == (local / "midi" / "rec1.mid").read_bytes()
+    assert fs.copy_tree(local, fs.join(root, "ds"), exclude=("audio/*",)) == (3, 0)  # info.csv, 2 MIDI
+    assert not fs.exists(fs.join(root, "ds", "audio", "rec0.wav"))
+    assert fs.read_bytes(fs.join(root, "ds", "midi", "rec1.mid")) == (local / "midi" / "rec1.mid").read_bytes()
     back = tmp_path / "back"
-    assert storage.copy_tree(storage.join(root, "ds"), back) == (3, 0)
-    assert storage.copy_tree(storage.join(root, "ds"), back) == (0, 3)  # a rerun copies nothing again
+    assert fs.copy_tree(fs.join(root, "ds"), back) == (3, 0)
+    assert fs.copy_tree(fs.join(root, "ds"), back) == (0, 3)  # a rerun copies nothing again
     assert sorted(p.relative_to(back).as_posix() for p in back.rglob("*") if p.is_file()) == \
         ["info.csv", "midi/rec0.mid", "midi/rec1.mid"]
-    assert sync.main([str(storage.join(root, "nope")), str(back)]) == 2
-    assert "no folder" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="no folder"):
+        fs.copy_tree(fs.join(root, "nope"), back)
 
 
 @pytest.mark.slow
@@ -335,31 +331,33 @@ def test_train_classifier_and_sweep_on_s3(s3, tmp_path, capsys, monkeypatch):
     finished tasks on S3 and skips them without new MLflow runs."""
     import mlflow
 
-    from ray_jobs import sweep, train_classifier
+    from ray_jobs.sweep import job as sweep
+
+    from ray_jobs.train_classifier import job as train_classifier
     from tests.sweep_factory import SWEEP_ARGS, tiny_store
 
     base = f"s3://{BUCKET}/{uuid.uuid4().hex}"
     h5 = tiny_store(tmp_path / "store")
-    storage.write_bytes(f"{base}/embeddings.h5", h5.read_bytes())
+    fs.write_bytes(f"{base}/embeddings.h5", h5.read_bytes())
     monkeypatch.setenv("AVS_STAGE_DIR", str(tmp_path / "stage"))
     assert train_classifier.main(["--h5_path", f"{base}/embeddings.h5", "--medium", "audio_embeddings",
                                   "--label", "style", "--num_epochs", "3", "--save_dir", f"{base}/clf"]) == 0
     for name in ("best_model.pth", "training_history.json", "confusion_matrix.json", "confusion_matrix.png"):
-        assert storage.is_file(f"{base}/clf/{name}"), name
+        assert fs.is_file(f"{base}/clf/{name}"), name
     assert train_classifier.main(["--h5_path", f"{base}/embeddings.h5", "--medium", "audio_embeddings",
                                   "--label", "style", "--model_path", f"{base}/clf/best_model.pth",
                                   "--save_dir", f"{base}/eval"]) == 0
-    assert storage.is_file(f"{base}/eval/evaluation.json")
+    assert fs.is_file(f"{base}/eval/evaluation.json")
 
     args = ["--h5_path", f"{base}/embeddings.h5", "--output_dir", f"{base}/sweep", *SWEEP_ARGS,
             "--media", "audio_embeddings", "--labels", "style"]
     assert sweep.main(args) == 0
-    assert b"style" in storage.read_bytes(f"{base}/sweep/summary.csv")
-    recorded = json.loads(storage.read_bytes(f"{base}/sweep/sweep.json"))
+    assert b"style" in fs.read_bytes(f"{base}/sweep/summary.csv")
+    recorded = json.loads(fs.read_bytes(f"{base}/sweep/sweep.json"))
     assert recorded["search"]["h5_path"] == f"{base}/embeddings.h5"
 
     def runs() -> int:
-        with storage.local_copy(f"{base}/sweep/mlflow.db") as db:
+        with fs.local_copy(f"{base}/sweep/mlflow.db") as db:
             return len(mlflow.MlflowClient(f"sqlite:///{db}").search_runs(["1"], max_results=1000))
 
     before = runs()
@@ -373,7 +371,7 @@ def test_train_classifier_and_sweep_on_s3(s3, tmp_path, capsys, monkeypatch):
 def test_pretrain_reads_its_dataset_from_s3_and_writes_there(s3, tmp_path, monkeypatch):
     """dataset.data_root and output_dir as S3 URIs: info.csv and the MIDI files (never the audio)
     are staged locally, the model and its metrics land on S3, and a rerun reuses the staged files."""
-    from ray_jobs.pretrain import run
+    from ray_jobs.pretrain.job import run
     from tests.test_pretrain import make_cfg, tiny_dataset
 
     monkeypatch.setenv("AVS_STAGE_DIR", str(tmp_path / "stage"))
@@ -387,15 +385,15 @@ def test_pretrain_reads_its_dataset_from_s3_and_writes_there(s3, tmp_path, monke
     summary = run(cfg)
     assert summary["model_path"] == f"{base}/results/tiny_model/model.pt"
     for name in ("model.pt", "test_metrics.json", "history.json"):
-        assert storage.is_file(f"{base}/results/tiny_model/{name}"), name
-    assert storage.is_file(f"{base}/results/mlflow.db")
+        assert fs.is_file(f"{base}/results/tiny_model/{name}"), name
+    assert fs.is_file(f"{base}/results/mlflow.db")
     (staged_root,) = (tmp_path / "stage").glob("data-*")
     assert sorted(p.name for p in (staged_root / "raw" / "tiny").iterdir()) == ["info.csv", "midi"]
     assert len(list((staged_root / "raw" / "tiny" / "midi").glob("*.mid"))) == 10
     assert list((staged_root / "tokenizers").glob("tiny_remi_bpe600.json"))
     assert not (tmp_path / "s3:").exists() and not Path("s3:").exists()  # no local folder named after the URI
 
-    from ray_jobs.pretrain_staging import stage_dataset
+    from ray_jobs.pretrain.staging import stage_dataset
     assert stage_dataset(f"{base}/data/raw/tiny", staged_root / "raw" / "tiny") == {"copied": 0, "kept": 10,
                                                                                      "missing": 0}
 
@@ -404,14 +402,14 @@ def test_pretrain_reads_its_dataset_from_s3_and_writes_there(s3, tmp_path, monke
 def test_embedder_checkpoint_from_s3(s3, tmp_path, monkeypatch):
     """--symbolic_checkpoint as an S3 URI: each node keeps one local copy; the vectors equal those
     from the same file given as a local path, and the store names where the weights came from."""
-    from ray_jobs import generate_embeddings
-    from ray_jobs.embedding_pipeline import local_options
+    from ray_jobs.generate_embeddings import job as generate_embeddings
+    from ray_jobs.generate_embeddings.pipeline import local_options
     from tests.midi_model_factory import tiny_checkpoint
 
     monkeypatch.setenv("AVS_STAGE_DIR", str(tmp_path / "stage"))
     local_ckpt = tiny_checkpoint(tmp_path / "ckpt")
     uri = f"s3://{BUCKET}/{uuid.uuid4().hex}/model.pt"
-    storage.write_bytes(uri, local_ckpt.read_bytes())
+    fs.write_bytes(uri, local_ckpt.read_bytes())
     copy = Path(local_options({"checkpoint": uri})["checkpoint"])
     assert copy.read_bytes() == local_ckpt.read_bytes() and copy.is_relative_to(tmp_path / "stage")
     assert local_options({"checkpoint": str(local_ckpt)}) == {"checkpoint": str(local_ckpt)}

@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embedders.h5store import consolidate, list_embedders, load, load_pair
-from embedders.legacy import LegacyFormatError, export_legacy
-from embedders.store import (ShardWriter, StoreError, check_shard_config, completed_ids, read_errors,
-                             remove_shards, write_errors)
+from embedders.store.h5 import consolidate, list_embedders, load, load_pair
+from embedders.store.h5 import export_legacy
+from embedders.store.legacy import LegacyFormatError
+from embedders.store.parts import ShardWriter, StoreError, check_shard_config, completed_ids, read_errors, remove_shards, write_errors
 
 A, S = "audio_embeddings", "symbolic_embeddings"
 
@@ -168,11 +168,3 @@ def test_legacy_reader_rejects_rows_without_id(tmp_path):
 def test_missing_file_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="generate_embeddings"):
         load(tmp_path / "nope.h5", A)
-
-
-def test_reader_is_reachable_from_the_store_module(tmp_path):
-    from embedders import h5store, store
-
-    assert store.load is h5store.load and store.load_pair is h5store.load_pair
-    with pytest.raises(AttributeError):
-        store.no_such_thing

@@ -8,9 +8,9 @@ import math
 import pandas as pd
 import pytest
 
-from ray_jobs import sweep
+from ray_jobs.sweep import job as sweep
 from tests.sweep_factory import A, S, SWEEP_ARGS, tiny_store, tiny_sweep
-from training import sweep_space as sp
+from ray_jobs.sweep import space as sp
 
 
 # --------------------------------------------------------------------------------------------- space and labels
@@ -30,7 +30,7 @@ def test_search_space_follows_the_embedding_type():
 def test_tune_domains_sample_inside_the_space_and_reproducibly():
     from ray.tune.search.variant_generator import generate_variants
 
-    from ray_jobs.sweep_trainable import tune_domains
+    from ray_jobs.sweep.trainable import tune_domains
 
     def draw(seed):
         return [cfg for _, cfg in generate_variants(tune_domains("average"), random_state=seed)]
@@ -90,7 +90,7 @@ def test_cli_missing_file_and_flags(tmp_path, capsys):
 
 
 def test_rerun_with_other_search_settings_is_refused(store, tmp_path, capsys):
-    from ray_jobs.sweep_plan import check_or_record_settings
+    from ray_jobs.sweep.plan import check_or_record_settings
 
     args = sweep.build_parser().parse_args(["--h5_path", str(store), "--labels", "style",
                                              "--output_dir", str(tmp_path / "o")])
@@ -104,7 +104,7 @@ def test_rerun_with_other_search_settings_is_refused(store, tmp_path, capsys):
 
 # --------------------------------------------------------------------------------------------- MLflow bookkeeping
 def test_tracking_reruns_touch_only_their_own_sweep(tmp_path):
-    from ray_jobs.sweep_tracking import SweepTracking, default_tracking_uri
+    from ray_jobs.sweep.tracking import SweepTracking, default_tracking_uri
 
     uri = default_tracking_uri(tmp_path)
     mine, other = SweepTracking(uri, "shared", "sweep-a"), SweepTracking(uri, "shared", "sweep-b")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from ray_jobs import train_classifier
+from ray_jobs.train_classifier import job as train_classifier
 from tests.classifier_factory import A, separable_store
 
 

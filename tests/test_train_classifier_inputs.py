@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from embedders.legacy import export_legacy
+from embedders.store.h5 import export_legacy
 from ray_jobs.train_classifier import main
 from tests.classifier_factory import A, separable_store
 from training.classifier_data import load_task

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedders.atomic import atomic_path, atomic_write_bytes
+from embedders.store.atomic import atomic_path, atomic_write_bytes
 from training.classifier_data import TaskData
 from training.classifier_metrics import (classification_metrics, majority_baseline, mean_baseline,
                                          regression_metrics, save_confusion_png, t_interval)
@@ -259,7 +259,7 @@ class ClassificationExperiment:
 def write_json(path, record: dict) -> None:
     """Atomic, indented, strict JSON: numpy values become plain numbers and lists, NaN/inf become
     null (one seed has no interval), anything else unknown its string."""
-    from analysis.report import json_safe
+    from analysis.report.compare_outputs import json_safe
 
     atomic_write_bytes(Path(path), json.dumps(json_safe(record), indent=2, default=str, allow_nan=False).encode())
 

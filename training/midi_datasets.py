@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from embedders.atomic import atomic_path
+from embedders.store.atomic import atomic_path
 from embedders.base import ItemError
 from embedders.dataset import resolve_item_path
 from embedders.symbolic.midi_transformer import tokenizer as tk

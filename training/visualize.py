@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from embedders.atomic import atomic_path
+from embedders.store.atomic import atomic_path
 from training.midi_datasets import collate
 from embedders.symbolic.midi_transformer.transformer import unwrap
 

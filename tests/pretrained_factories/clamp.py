@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from embedders.atomic import atomic_path
+from embedders.store.atomic import atomic_path
 
 # A reduced architecture: the published patch size (64) but fewer, narrower layers and short
 # segments (16 patches), so that even a scale of eight notes spans two segments.

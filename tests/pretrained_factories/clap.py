@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from embedders.atomic import atomic_path
+from embedders.store.atomic import atomic_path
 
 PUBLISHED_NAME = "630k-audioset-best.pt"  # HTSAT-tiny, no fusion: the library's default checkpoint
 FUSION_NAME = "630k-audioset-fusion-best.pt"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from embedders.atomic import atomic_path
+from embedders.store.atomic import atomic_path
 
 # The contract test's options: mel128 runs the same network on half the spectrogram rows of
 # mel256 (the default), so it is the cheapest real configuration.

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from embedders.atomic import atomic_path
+from embedders.store.atomic import atomic_path
 
 SPECIAL_TOKENS = ("PAD", "BOS", "EOS", "MASK")
 TOKENIZER_OPTIONS: dict[str, Any] = {

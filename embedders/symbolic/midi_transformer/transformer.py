@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedders.atomic import atomic_path
+from embedders.store.atomic import atomic_path
 from embedders.base import CheckpointError
 
 FORMAT_VERSION = 1

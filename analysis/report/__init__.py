@@ -1,0 +1,1 @@
+"""Pages, figures and JSON of the analysis results."""

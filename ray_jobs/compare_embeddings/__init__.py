@@ -1,0 +1,1 @@
+"""Compare the audio and symbolic embedding spaces of the same recordings, with statistics."""

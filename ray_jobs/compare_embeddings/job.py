@@ -1,0 +1,293 @@
+"""Compare the audio and symbolic embedding spaces of the same recordings, with statistics.
+
+    python -m ray_jobs.compare_embeddings --h5_path data/embeddings/music21/embeddings.h5 \
+        --output_dir results/compare [--label composer]
+
+Rows are paired by id (``embedders.store.h5.load_pair``: rows valid in both media; the counts of
+used and dropped rows go into every output). Features:
+
+* ``--embedding_type average`` (default): the store's per-recording mean over frames.
+* ``--embedding_type sequence``: each recording's (T, D) frames pooled to ``concat(mean, std)``
+  over frames (population std), a (2D)-vector (``analysis.pooling.mean_std_pool``).
+
+Without ``--label``: ``analysis.compare.compare_spaces`` (linear/debiased CKA, CCA, SVCCA,
+Procrustes, RBF CKA, RSA, mutual kNN, cross-modal retrieval), each with a bootstrap CI and a
+permutation null. The retrieval projection is fitted on the rows whose metadata ``split`` is not
+``test`` (train and validation together) and evaluated on the ``test`` rows; without a ``split``
+column, or with fewer than 10 rows on either side, a seeded random 50/50 split is used instead.
+With ``--label``: the same, plus ``compare_labels`` (kNN score, silhouette, label-RDM correlation
+per medium, and the paired audio - symbolic difference) on the same rows. A label is numeric
+(regression: kNN R^2, no silhouette) when its metadata column is numeric with at least 20 distinct
+values (bpm, duration; ``analysis.labels.auto_task``, the rule every job uses); ``--task``
+overrides the choice (e.g. ``--task regression`` for a numeric label with few values).
+
+Outputs in ``--output_dir``: metrics.json, metrics.csv, null_distributions.npz, report.html.
+No Ray: the work is numpy on one process (it runs as is under ``ray job submit``).
+Exit codes: 0 done, 2 bad flags / missing file / unknown embedder, label or column / too few rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.report import compare_outputs as report
+
+from analysis.report import plots
+from analysis.compare import compare_labels, compare_spaces
+from analysis.pooling import mean_std_pool, zscore_features
+from embedders.store import filesystem as fs
+from embedders.store.h5 import load_pair
+from embedders.store.parts import StoreError
+
+MIN_SPLIT_ROWS = 10
+RDM_ROWS = 120
+MAP_POINTS = 5000  # points drawn per 2-D map: PCA is fit on all rows, a page of 50,000 hover points is not readable
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ray_jobs.compare_embeddings", description=__doc__.split("\n")[0])
+    p.add_argument("--h5_path", required=True, help="consolidated embeddings.h5 (or a legacy-layout file): a path or a URI (s3://, gs://)")
+    p.add_argument("--output_dir", required=True, help="folder (or URI) for metrics.json/.csv, null_distributions.npz, report.html")
+    p.add_argument("--label", default=None, help="metadata column to compare label structure on (e.g. composer, bpm)")
+    p.add_argument("--audio_embedder", default=None, help="needed when the file holds several audio embedders")
+    p.add_argument("--symbolic_embedder", default=None, help="needed when the file holds several symbolic embedders")
+    p.add_argument("--embedding_type", choices=("average", "sequence"), default="average",
+                   help="average: mean over frames; sequence: mean and std over frames concatenated (2D)")
+    p.add_argument("--group_column", default=None, help="metadata column: CV folds of the label metrics keep groups apart")
+    p.add_argument("--task", choices=("auto", "classification", "regression"), default="auto",
+                   help="auto: regression when the label column is numeric with at least 20 distinct values "
+                        "(bpm, duration), else classification; the same rule as train_classifier and sweep")
+    p.add_argument("--standardize", choices=("zscore", "none"), default="zscore",
+                   help="z-score each feature over the paired rows first (default; features in different units "
+                        "would otherwise be weighted by their range) or use raw coordinates")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n_permutations", type=_positive, default=1000, help="permutation-null draws per metric")
+    p.add_argument("--n_boot", type=_positive, default=1000, help="bootstrap replicates per CI")
+    p.add_argument("--max_n_kernel", type=_positive, default=2000,
+                   help="rows for RBF CKA / RSA and queries for the retrieval null (random subsample above it)")
+    return p
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def retrieval_split(metadata: pd.DataFrame, seed: int) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """(train_idx, test_idx, description); (None, None, ...) lets compare_spaces draw a seeded 50/50 split."""
+    if "split" in metadata.columns:
+        split = metadata["split"].astype(str).str.strip().str.lower().to_numpy()
+        test = np.flatnonzero(split == "test")
+        train = np.flatnonzero(split != "test")
+        if min(test.size, train.size) >= MIN_SPLIT_ROWS:
+            return train, test, (f"metadata 'split': fit on {train.size} train+validation rows, "
+                                 f"evaluate on {test.size} test rows")
+        reason = f"'split' has {test.size} test / {train.size} other rows (< {MIN_SPLIT_ROWS})"
+    else:
+        reason = "no 'split' column"
+    return None, None, f"seeded random 50/50 (seed {seed}; {reason})"
+
+
+def _task(args, metadata: pd.DataFrame) -> str:
+    if args.task != "auto":
+        return args.task
+    from analysis.labels import auto_task
+
+    return auto_task(metadata[args.label])
+
+
+def _h5_attrs(path) -> dict:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+
+
+def _figures(Xa, Xs, pair, label, numeric, seed, payload, nulls):
+    ids = [str(i) for i in pair.ids]
+    (ca, ea), (cs, es) = plots.pca_2d(Xa), plots.pca_2d(Xs)
+    names = (f"audio: {pair.audio_embedder} ({Xa.shape[1]}-d)", f"symbolic: {pair.symbolic_embedder} ({Xs.shape[1]}-d)")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+    shown = np.sort(rng.choice(len(ids), size=min(MAP_POINTS, len(ids)), replace=False))
+    hover = plots.hover_text([ids[i] for i in shown], pair.metadata.iloc[shown].reset_index(drop=True))
+    maps = plots.embedding_maps(ca[shown], cs[shown], hover, None if label is None else pair.labels[shown], label,
+                                numeric, names, (ea, es))
+    idx = np.sort(rng.choice(len(ids), size=min(RDM_ROWS, len(ids)), replace=False))
+    if label is not None:
+        keys = pd.DataFrame({"y": pair.labels[idx], "id": np.asarray(ids, dtype=object)[idx]})
+        idx = idx[keys.sort_values(["y", "id"], kind="stable").index.to_numpy()]
+    ticks = None if label is None or numeric else pair.labels[idx]  # numeric labels: sorted, no block ticks
+    rdm = plots.rdm_heatmaps(Xa[idx], Xs[idx], [ids[i] for i in idx], ticks, names)
+    items = []
+    for name, null in nulls.items():
+        if name.startswith("label_"):
+            e = payload["labels"][name.split("_")[1]]["label_rdm"]
+            obs, p = e["value"], e["p_value"]
+        else:
+            e = payload["spaces"]["metrics"][name]
+            obs, p = e["value"], e["p_value"]
+            if e["null_n_used"] != e["n_used"]:  # retrieval null on a query subsample: its observed value differs
+                continue
+        if np.isfinite(obs):
+            items.append((name, null, obs, p))
+    hist = plots.null_histograms(items)
+    sub_note = (f"{len(idx)} of {len(ids)} recordings (seeded)" + (f", sorted by {label}" if label else ""))
+    return [
+        ("2-D maps (PCA)", f"PCA of z-scored features, per medium (fit on all rows; at most {MAP_POINTS} random rows drawn); hover shows the recording's id and metadata"
+         + (f"; colour: {label} (click a legend entry to hide a class in both panels)." if label else "."), maps),
+        ("Representational dissimilarity matrices", "Cosine distances between recordings after centring, shown as "
+         f"ranks within each medium (RSA compares ranks): {sub_note}. Similar block structure in both panels "
+         "means the two spaces group recordings alike.", rdm),
+        ("Permutation nulls", "Histogram: the metric with the audio-symbolic pairing shuffled (label-RDM: labels "
+         "shuffled); red line: observed value. Retrieval panels are omitted where the null was computed on a query "
+         "subsample (its observed value differs from the table's).", hist),
+    ]
+
+
+def _header(args, pair, payload, attrs, split_desc) -> list[tuple[str, str]]:
+    c, s = payload["counts"], payload["spaces"]
+    subs = [f"{k}: {e['n_used']} rows" for k, e in s["metrics"].items() if e["subsampled"]]
+    subs += [f"{k} null: {e['null_n_used']} queries" for k, e in s["metrics"].items()
+             if e["null_n_used"] != e["n_used"] and k.endswith("recall@1")]
+    pooling = ("average (mean over frames)" if args.embedding_type == "average"
+               else "sequence, pooled: mean and std over frames concatenated (2D)")
+    rows = [("h5 file", fs.display(args.h5_path)), ("dataset", str(attrs.get("dataset", "?"))),
+            ("embedders", f"audio <b>{pair.audio_embedder}</b> ({s['dim_x']}-d), symbolic "
+                          f"<b>{pair.symbolic_embedder}</b> ({s['dim_y']}-d)"),
+            ("embedding type", pooling),
+            ("standardisation", "each feature z-scored over the paired rows" if args.standardize == "zscore"
+             else "none (raw coordinates)"),
+            ("recordings", f"<b>{c['paired']}</b> paired of {c['rows_in_file']} in the file; dropped {c['dropped']} "
+                           f"(valid audio {c['valid_audio']}, valid symbolic {c['valid_symbolic']}, "
+                           f"missing label {c['missing_label']})"),
+            ("retrieval split", split_desc),
+            ("resampling", f"seed {args.seed}; {args.n_permutations} permutations, {args.n_boot} bootstrap "
+                           f"replicates per metric; 95% intervals"),
+            ("subsampled (max_n_kernel " + str(args.max_n_kernel) + ")", "; ".join(subs) or "nothing")]
+    if args.label:
+        lab = payload["labels"]
+        rows.append(("label", f"<b>{args.label}</b> ({lab['task']}; {lab['n_splits']}-fold CV"
+                              + (f", grouped by {args.group_column}" if args.group_column else "") + ")"))
+    rows.append(("compute time", f"{payload['wall_time_s']:.1f} s (loading and statistics; figures not included)"))
+    return [(k, v) for k, v in rows]
+
+
+GUIDE = ("How to read: each metric has its value, a bootstrap 95% CI and a permutation null (the same metric after "
+         "shuffling which symbolic row belongs to which audio row). A value far outside the null range (small p) means "
+         "the spaces share structure beyond chance; the CI says how precisely it is known. In-sample fits (mean CCA, "
+         "SVCCA, Procrustes) are biased upwards: compare them with their null mean, not with 0. Retrieval maps one "
+         "medium into the other (ridge or CCA fitted on the training rows) and ranks the true partner among all test "
+         "rows; compare recall@k with its chance level (x = audio, y = symbolic: x_to_y queries with audio and searches the "
+         "symbolic test rows). The smallest possible p is 1 / (1 + permutations): no null draw reached the observed value. CIs of the linear family and RBF CKA are bias-corrected "
+         "percentile intervals (see analysis/compare.py).")
+
+
+def run(args) -> int:
+    """A remote --h5_path is read from a local copy; a remote --output_dir gets the outputs uploaded
+    once all four are written (a failed run uploads nothing)."""
+    try:
+        if not fs.is_file(args.h5_path):
+            return _fail(f"no embeddings file at {args.h5_path}; run python -m ray_jobs.generate_embeddings first")
+        with fs.local_copy(args.h5_path) as h5_local, fs.local_output_dir(args.output_dir) as out_dir:
+            return _run(args, h5_local, out_dir)
+    except (fs.StorageError, OSError) as exc:  # an unreachable or misconfigured store
+        return _fail(f"{type(exc).__name__}: {exc}")
+
+
+def _run(args, h5_local: Path, out_dir: Path) -> int:
+    started = time.perf_counter()
+    try:
+        pair = load_pair(h5_local, args.audio_embedder, args.symbolic_embedder, args.embedding_type, args.label)
+        attrs = _h5_attrs(h5_local)
+    except (StoreError, FileNotFoundError, ValueError, OSError, KeyError) as exc:
+        return _fail(str(exc))
+    if args.group_column and args.group_column not in pair.metadata.columns:
+        return _fail(f"no group column '{args.group_column}'; the metadata columns are {sorted(pair.metadata.columns)}")
+    if args.group_column and not args.label:
+        return _fail("--group_column applies to the label metrics; give --label too")
+    if args.embedding_type == "sequence":
+        Xa, Xs = mean_std_pool(pair.audio), mean_std_pool(pair.symbolic)
+    else:
+        Xa, Xs = np.asarray(pair.audio), np.asarray(pair.symbolic)
+    if args.standardize == "zscore":
+        Xa, Xs = zscore_features(Xa), zscore_features(Xs)
+    task = _task(args, pair.metadata) if args.label else None
+    if task == "regression" and not pd.api.types.is_numeric_dtype(pair.metadata[args.label]):
+        return _fail(f"--task regression needs a numeric label; '{args.label}' holds text")
+    train, test, split_desc = retrieval_split(pair.metadata, args.seed)
+    common = dict(seed=args.seed, n_permutations=args.n_permutations, n_boot=args.n_boot)
+    try:
+        spaces = compare_spaces(Xa, Xs, train_idx=train, test_idx=test, max_n_kernel=args.max_n_kernel, **common)
+        labels = None
+        if args.label:
+            groups = pair.metadata[args.group_column].astype(str).to_numpy() if args.group_column else None
+            y = pair.labels.astype(np.float64) if task == "regression" else pair.labels.astype(str)
+            labels = compare_labels(Xa, Xs, y, numeric=task == "regression", groups=groups,
+                                    max_n=args.max_n_kernel, **common)
+    except ValueError as exc:
+        return _fail(f"{exc} ({pair.counts['paired']} paired rows)")
+    payload = {"inputs": {"h5_path": fs.display(args.h5_path), "dataset": attrs.get("dataset"),
+                          "audio_embedder": pair.audio_embedder, "symbolic_embedder": pair.symbolic_embedder,
+                          "embedding_type": args.embedding_type,
+                          "pooling": "mean" if args.embedding_type == "average" else "concat(mean, std) over frames",
+                          "standardize": args.standardize,
+                          "label": args.label, "task": task, "group_column": args.group_column, "seed": args.seed,
+                          "n_permutations": args.n_permutations, "n_boot": args.n_boot,
+                          "max_n_kernel": args.max_n_kernel},
+               "counts": pair.counts, "retrieval_split": split_desc, "spaces": spaces, "labels": labels}
+    payload["wall_time_s"] = time.perf_counter() - started
+    clean, nulls = report.split_nulls(payload)
+    rows = report.metric_rows(clean["spaces"], clean["labels"])
+    figures = _figures(Xa, Xs, pair, args.label, task == "regression", args.seed, payload, nulls)
+    page = report.build_page(title=f"Audio vs symbolic: {pair.audio_embedder} vs {pair.symbolic_embedder}",
+                             header=_header(args, pair, clean, attrs, split_desc), guide=GUIDE, rows=rows,
+                             label_html=report.label_table(clean["labels"]) if labels else None, figures=figures)
+    clean["wall_time_s"] = time.perf_counter() - started
+    paths = report.write_outputs(out_dir, clean, nulls, rows, page)
+    if fs.is_remote(args.output_dir):  # name where they will be, not the local staging folder
+        paths = {kind: fs.join(args.output_dir, Path(p).name) for kind, p in paths.items()}
+    _print_summary(clean, paths)
+    return 0
+
+
+def _print_summary(payload: dict, paths: dict) -> None:
+    m, c = payload["spaces"]["metrics"], payload["counts"]
+    print(f"paired {c['paired']} of {c['rows_in_file']} rows (dropped {c['dropped']}); "
+          f"wall time {payload['wall_time_s']:.1f} s")
+    for name in ("linear_cka", "mutual_knn", "retrieval_ridge_x_to_y_recall@1", "retrieval_ridge_y_to_x_recall@1"):
+        e = m[name]
+        chance = f", chance {e['chance']:.3f}" if e.get("chance") is not None else ""
+        print(f"  {name}: {e['value']:.3f} [{e['ci_lo']:.3f}, {e['ci_hi']:.3f}], null mean {e['null_mean']:.3f}, "
+              f"p {e['p_value']:.3g}{chance}")
+    if payload["labels"]:
+        lab = payload["labels"]
+        for medium in ("audio", "symbolic"):
+            k = lab[medium]["knn"]
+            interval = "pooled R^2 CI" if lab["task"] == "regression" else "CI"
+            print(f"  {payload['inputs']['label']} kNN {medium}: {k['value']:.3f} ({interval} [{k['ci_lo']:.3f}, "
+                  f"{k['ci_hi']:.3f}])"
+                  + (f", chance {k['chance']:.3f}" if k.get("chance") is not None else ""))
+        d = lab["difference_audio_minus_symbolic"]["knn_by_recording"]
+        print(f"  audio - symbolic (by recording): {d['mean_difference']:.3f}, p {d['p_value']:.3g}")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse printed the usage and the message
+        return int(exc.code or 0)
+    return run(args)

@@ -1,0 +1,1 @@
+"""The whole chain on the bundled default dataset (what `make demo` runs)."""

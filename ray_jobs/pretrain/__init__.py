@@ -1,0 +1,1 @@
+"""Pretrain the MIDI transformer encoder on a paired dataset's MIDI files, with Ray Train (DDP)."""
