@@ -21,7 +21,6 @@ from analysis.pairwise import RdmPair, rdm_condensed
 from analysis.stats import null_summary, permutation_null
 from analysis.subsample import subsample_indices, subsample_info
 
-
 # One rule for every job's "--task auto": a label is a regression target when its column is numeric
 # (not boolean) with at least this many distinct values (bpm, duration, year); a numeric column
 # with few values (a count of beats, a 0/1 flag, a class code) is a set of classes.

@@ -24,8 +24,7 @@ import numpy as np
 from scipy.linalg import LinAlgError, cholesky, solve_triangular
 
 from analysis._threads import single_thread_blas
-from analysis.linear_family import (STAT_NAMES, LinearFamily, PreparedPair, hsic_u, procrustes_from_nuclear,
-                                     singular_values)
+from analysis.linear_family import STAT_NAMES, LinearFamily, PreparedPair, hsic_u, procrustes_from_nuclear, singular_values
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ is given, it is searched on the training rows only (ridge: exact leave-one-out; 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -8,7 +8,7 @@ the std half adds how much each feature moves over time, which the average disca
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -11,13 +11,12 @@ median rank = (n+1)/2, MRR = H_n / n (H_n the n-th harmonic number).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.special import digamma
 
-from analysis._checks import (SeedLike, as_generator, as_index, as_matrix, check_choice, check_int, check_paired,
-                              check_real)
+from analysis._checks import SeedLike, as_generator, as_index, as_matrix, check_choice, check_int, check_paired, check_real
 from analysis.linear_maps import DEFAULT_ALPHAS, DEFAULT_CCA_REGS, CcaMap, LinearMap, fit_cca_map, fit_ridge_map
 from analysis.neighbors import chunk_rows, normalize_rows
 

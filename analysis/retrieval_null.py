@@ -12,7 +12,7 @@ mean equals chance, and the null range is that of an m-query mean.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

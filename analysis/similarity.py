@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from analysis import linear_family as lf
-from analysis.linear_bootstrap import debiased_cka_from_sums, row_sums
 from analysis._checks import SeedLike, as_matrix, check_choice, check_int, check_paired, check_real
+from analysis.linear_bootstrap import debiased_cka_from_sums, row_sums
 from analysis.neighbors import METRICS as KNN_METRICS
 from analysis.neighbors import knn_indices
 from analysis.pairwise import RDM_METRICS, KernelPair, RdmPair, rbf_gram, rdm_condensed

@@ -113,8 +113,8 @@ def psutil_module():
     try:
         import psutil
     except ImportError:
-        import ray  # noqa: F401  puts ray/thirdparty_files on sys.path
         import psutil
+        import ray  # noqa: F401  puts ray/thirdparty_files on sys.path
     return psutil
 
 
@@ -172,7 +172,7 @@ class TreeMemorySampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "TreeMemorySampler":
+    def __enter__(self) -> TreeMemorySampler:
         self._thread.start()
         return self
 
@@ -269,7 +269,7 @@ def machine_cpu_seconds() -> float | None:
 class CpuMeter:
     """``with CpuMeter() as m``: m.result = this process's CPU seconds and the machine's busy CPU seconds."""
 
-    def __enter__(self) -> "CpuMeter":
+    def __enter__(self) -> CpuMeter:
         self._t0, self._m0, self._r0 = time.perf_counter(), machine_cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF)
         return self
 
@@ -290,11 +290,11 @@ class Stopwatch:
         self.seconds: dict[str, float] = {}
         self._name = ""
 
-    def __call__(self, name: str) -> "Stopwatch":
+    def __call__(self, name: str) -> Stopwatch:
         self._name = name
         return self
 
-    def __enter__(self) -> "Stopwatch":
+    def __enter__(self) -> Stopwatch:
         self._t0 = time.perf_counter()
         return self
 

@@ -80,8 +80,8 @@ def sequential_run(root: Path, out_dir: Path, audio_name: str, symbolic_name: st
     from threadpoolctl import threadpool_limits
 
     from embedders.dataset import info_hash, package_versions, read_info_csv
-    from embedders.store.h5 import consolidate
     from embedders.registry import get_embedder
+    from embedders.store.h5 import consolidate
     from embedders.store.parts import ShardWriter, write_errors
 
     started = time.perf_counter()

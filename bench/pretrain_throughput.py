@@ -91,9 +91,9 @@ def padding_share(lengths: list[int], batch_size: int, workers: int, bucket: boo
 
 def cpu_runs(args, work: Path) -> dict[str, Any]:
     from embedders.dataset import read_info_csv
-    from ray_jobs.ray_session import ensure_ray
-    from ray_jobs.pretrain.job import run
     from ray_jobs.pretrain.config import validate
+    from ray_jobs.pretrain.job import run
+    from ray_jobs.ray_session import ensure_ray
 
     source = Path(args.source).resolve()
     read_info_csv(source)  # fail early on a bad dataset folder

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from analysis.linear_maps import fit_cca_map, fit_ridge_map
-from analysis.retrieval import (cross_modal_retrieval, harmonic, metrics_from_counts, rank_counts, random_split,
-                                retrieval_metrics)
+from analysis.retrieval import cross_modal_retrieval, harmonic, metrics_from_counts, random_split, rank_counts, retrieval_metrics
 from analysis.retrieval_null import RankNull
 
 

@@ -8,8 +8,7 @@ import pytest
 from analysis import labels as L
 from analysis.compare import compare_labels
 from analysis.similarity import linear_cka
-from analysis.stats import (bootstrap_ci, bootstrap_mean_ci, paired_difference_test, permutation_p_value,
-                            permutation_test)
+from analysis.stats import bootstrap_ci, bootstrap_mean_ci, paired_difference_test, permutation_p_value, permutation_test
 from analysis.subsample import subsample_indices
 
 

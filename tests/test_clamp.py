@@ -21,8 +21,15 @@ import torch
 from embedders.base import CheckpointError, ConfigError, MidiDecodeError, MissingDependencyError
 from embedders.registry import get_embedder
 from embedders.symbolic import clamp
-from embedders.symbolic.clamp import (encode_mtf, midi_to_mtf, mtf_patch_texts, patch_ids, segment_spans,
-                                      segment_weights, weighted_average)
+from embedders.symbolic.clamp import (
+    encode_mtf,
+    midi_to_mtf,
+    mtf_patch_texts,
+    patch_ids,
+    segment_spans,
+    segment_weights,
+    weighted_average,
+)
 from tests.factory import scale_notes, score_from_notes
 from tests.pretrained_factories.clamp import SMALL, published_dict, random_model, write_checkpoint
 

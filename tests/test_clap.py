@@ -23,11 +23,18 @@ import types
 import numpy as np
 import pytest
 
-from embedders.base import (AudioDecodeError, CheckpointError, ConfigError, EmptyInputError, FrameGrid,
-                            MissingDependencyError)
+from embedders.base import AudioDecodeError, CheckpointError, ConfigError, EmptyInputError, FrameGrid, MissingDependencyError
 from embedders.registry import get_embedder
-from tests.pretrained_factories.clap import (FUSION_NAME, POSITION_IDS, PUBLISHED_NAME, TEXT_BRANCH_STANDINS,
-                                             published_dict, random_tower, require_extra, write_checkpoint)
+from tests.pretrained_factories.clap import (
+    FUSION_NAME,
+    POSITION_IDS,
+    PUBLISHED_NAME,
+    TEXT_BRANCH_STANDINS,
+    published_dict,
+    random_tower,
+    require_extra,
+    write_checkpoint,
+)
 
 SR = 48000
 
@@ -182,8 +189,9 @@ def test_missing_package_names_the_extra(monkeypatch, blocked, package):
 # -- the same numbers as the library ----------------------------------------------------------------
 @needs_extra
 def test_quantize_and_fill_match_the_library(laion):
-    from embedders.audio.clap import CLIP_SAMPLES, fill_window, quantize_int16
     import torch
+
+    from embedders.audio.clap import CLIP_SAMPLES, fill_window, quantize_int16
 
     x = np.concatenate([tone(0.5, 3), np.array([1.7, -2.0, 0.99999, -1e-5], np.float32)])
     np.testing.assert_array_equal(quantize_int16(x), laion.data.int16_to_float32(laion.data.float32_to_int16(x)))

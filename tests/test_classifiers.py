@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.classifier_factory import A, STYLES, separable_store
+from tests.classifier_factory import STYLES, A, separable_store
 from training.classifier_data import TaskDataError, load_task
 from training.classifier_metrics import classification_metrics, regression_metrics, t_interval
 from training.classifiers import PROBES, ModelSpecError, build_model, resolve_spec

@@ -11,7 +11,7 @@ import pytest
 from embedders.store.h5 import load, load_pair
 from embedders.store.parts import ShardWriter, part_files
 from ray_jobs.generate_embeddings import job as generate_embeddings
-from tests.factory import make_dataset, write_midi, write_wav
+from tests.factory import make_dataset, write_wav
 
 pytestmark = pytest.mark.slow
 A, S = "audio_embeddings", "symbolic_embeddings"

@@ -8,8 +8,8 @@ import symusic
 
 from embedders.audio.melstats import MelStats, chroma_filterbank, mel_filterbank
 from embedders.base import ConfigError, EmptyInputError, FrameGrid
-from embedders.registry import get_embedder
 from embedders.io import midi_duration_seconds
+from embedders.registry import get_embedder
 from embedders.symbolic.pianoroll import PianoRoll
 
 SR = 22050

@@ -15,8 +15,8 @@ import pytest
 import soundfile as sf
 from music21 import chord, meter, note, stream, tempo, tie
 
-from ray_jobs.prepare_dataset.recipes import music21 as db
 from ray_jobs.prepare_dataset import job as prep
+from ray_jobs.prepare_dataset.recipes import music21 as db
 
 TPQ = db.TPQ
 

@@ -68,8 +68,8 @@ def test_bad_values_are_listed(tmp_path):
 def test_two_worker_run_survives_a_failure_and_a_rerun_continues(ray_session, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from ray_jobs.pretrain.job import run
     from embedders.symbolic.midi_transformer.transformer import load_checkpoint
+    from ray_jobs.pretrain.job import run
 
     tiny_dataset(tmp_path)
     summary = run(make_cfg(tmp_path), fail_at_epoch=0)

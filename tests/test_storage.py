@@ -16,11 +16,23 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embedders.store import filesystem as fs
 from embedders.base import ConfigError, MissingFileError
 from embedders.dataset import InfoCsvError, info_hash, read_info_csv, unsafe_path_reason
 from embedders.io import read_bytes
-from embedders.store.parts import ShardWriter, StoreError, check_shard_config, completed_ids, iter_shard_rows, part_files, read_errors, remove_shards, shard_description, stored_embedders, write_errors
+from embedders.store import filesystem as fs
+from embedders.store.parts import (
+    ShardWriter,
+    StoreError,
+    check_shard_config,
+    completed_ids,
+    iter_shard_rows,
+    part_files,
+    read_errors,
+    remove_shards,
+    shard_description,
+    stored_embedders,
+    write_errors,
+)
 from tests.factory import make_dataset
 
 try:
@@ -294,8 +306,8 @@ def test_prepare_dataset_tasks_write_straight_to_s3(s3):
     a rerun finds them there (resume needs no local copy)."""
     import dataclasses
 
-    from ray_jobs.prepare_dataset.recipes import music21 as db
     from ray_jobs.prepare_dataset import job as prep
+    from ray_jobs.prepare_dataset.recipes import music21 as db
 
     dataset = f"s3://{BUCKET}/{uuid.uuid4().hex}/data/raw/m21"
     work = db.make_work("bach", "bach/bwv66.6.mxl", None, 40.0, "4/4", False)
@@ -332,7 +344,6 @@ def test_train_classifier_and_sweep_on_s3(s3, tmp_path, capsys, monkeypatch):
     import mlflow
 
     from ray_jobs.sweep import job as sweep
-
     from ray_jobs.train_classifier import job as train_classifier
     from tests.sweep_factory import SWEEP_ARGS, tiny_store
 

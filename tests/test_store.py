@@ -5,10 +5,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embedders.store.h5 import consolidate, list_embedders, load, load_pair
-from embedders.store.h5 import export_legacy
+from embedders.store.h5 import consolidate, export_legacy, list_embedders, load, load_pair
 from embedders.store.legacy import LegacyFormatError
-from embedders.store.parts import ShardWriter, StoreError, check_shard_config, completed_ids, read_errors, remove_shards, write_errors
+from embedders.store.parts import (
+    ShardWriter,
+    StoreError,
+    check_shard_config,
+    completed_ids,
+    read_errors,
+    remove_shards,
+    write_errors,
+)
 
 A, S = "audio_embeddings", "symbolic_embeddings"
 

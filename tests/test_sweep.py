@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from ray_jobs.sweep import job as sweep
-from tests.sweep_factory import A, S, SWEEP_ARGS, tiny_store, tiny_sweep
 from ray_jobs.sweep import space as sp
+from tests.sweep_factory import SWEEP_ARGS, A, S, tiny_store, tiny_sweep
 
 
 # --------------------------------------------------------------------------------------------- space and labels

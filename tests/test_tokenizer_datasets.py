@@ -12,9 +12,9 @@ import symusic
 
 import training.midi_datasets as md
 from embedders.dataset import read_info_csv
+from embedders.symbolic.midi_transformer import tokenizer as tk
 from tests.factory import scale_notes, score_from_notes
 from tests.midi_model_factory import tempo_change_score, tiny_tokenizer, write_tiny_midis
-from embedders.symbolic.midi_transformer import tokenizer as tk
 
 
 @pytest.fixture(scope="module")

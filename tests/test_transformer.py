@@ -10,10 +10,10 @@ import torch
 
 from embedders.base import CheckpointError
 from embedders.registry import get_embedder
+from embedders.symbolic.midi_transformer import transformer as tr
 from tests.factory import scale_notes, score_from_notes
 from tests.midi_model_factory import tempo_change_score, tiny_checkpoint
 from training import pretrain_loop as pl
-from embedders.symbolic.midi_transformer import transformer as tr
 
 SPECIAL = (0, 1, 2, 3)
 
@@ -262,9 +262,9 @@ def test_pieces_fit_together(tmp_path):
 
     from torch.utils.data import DataLoader
 
+    from embedders.symbolic.midi_transformer import tokenizer as tk
     from tests.midi_model_factory import write_tiny_midis
     from training import midi_datasets as md
-    from embedders.symbolic.midi_transformer import tokenizer as tk
 
     files = write_tiny_midis(tmp_path / "midi", n=4)
     tokenizer = tk.load_or_train_tokenizer(tmp_path / "tokenizer.json", files[:3], 560)

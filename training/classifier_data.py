@@ -55,7 +55,7 @@ class TaskData:
     def rows(self, index: np.ndarray):
         return self.X[index] if isinstance(self.X, np.ndarray) else [self.X[i] for i in index]
 
-    def with_labels(self, y: np.ndarray) -> "TaskData":
+    def with_labels(self, y: np.ndarray) -> TaskData:
         return dataclasses.replace(self, y=y)
 
 

@@ -17,8 +17,9 @@ import copy
 import dataclasses
 import json
 import pickle
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,8 +27,14 @@ from torch import nn
 
 from embedders.store.atomic import atomic_path, atomic_write_bytes
 from training.classifier_data import TaskData
-from training.classifier_metrics import (classification_metrics, majority_baseline, mean_baseline,
-                                         regression_metrics, save_confusion_png, t_interval)
+from training.classifier_metrics import (
+    classification_metrics,
+    majority_baseline,
+    mean_baseline,
+    regression_metrics,
+    save_confusion_png,
+    t_interval,
+)
 from training.classifiers import build_model, resolve_spec, takes_lengths
 
 MODEL_FILE = "best_model.pth"
@@ -220,7 +227,7 @@ class ClassificationExperiment:
         return record
 
     @classmethod
-    def load(cls, model_path, data: TaskData, device: str | None = None) -> "ClassificationExperiment":
+    def load(cls, model_path, data: TaskData, device: str | None = None) -> ClassificationExperiment:
         if not Path(model_path).is_file():
             raise ModelFileError(f"--model_path {model_path}: no such file")
         try:
@@ -285,7 +292,7 @@ def shuffled_control(data: TaskData, config: TrainConfig, device: str | None = N
 
 def run_seeds(data: TaskData, config: TrainConfig, seeds: Sequence[int],
               on_epoch: Callable[[int, dict], None] | None = None, device: str | None = None,
-              on_seed: Callable[[int, "ClassificationExperiment", dict], None] | None = None) -> dict:
+              on_seed: Callable[[int, ClassificationExperiment, dict], None] | None = None) -> dict:
     """Train and test once per seed, and the shuffled-label control per seed; mean and t-interval over seeds.
 
     ``on_seed(seed, experiment, control)`` is called after each seed with the fitted experiment and its

@@ -22,17 +22,18 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from embedders.store.atomic import atomic_path
 from embedders.base import ItemError
 from embedders.dataset import resolve_item_path
+from embedders.store.atomic import atomic_path
 from embedders.symbolic.midi_transformer import tokenizer as tk
 from embedders.symbolic.midi_transformer.chunking import tokenize_to_chunks
 

@@ -16,7 +16,8 @@ import contextlib
 import hashlib
 import math
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch

@@ -23,10 +23,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from embedders.symbolic.midi_transformer import tokenizer as tk
-from training.midi_datasets import MIDIDatasetDynamic, MIDIDatasetPresaved, collate
-from training.length_buckets import LengthBucketBatchSampler
-from training.pretrain_loop import evaluate, make_optimizer, make_scheduler, train_one_epoch
 from embedders.symbolic.midi_transformer.transformer import MIDITransformerConfig, MIDITransformerEncoder, save_checkpoint, unwrap
+from training.length_buckets import LengthBucketBatchSampler
+from training.midi_datasets import MIDIDatasetDynamic, MIDIDatasetPresaved, collate
+from training.pretrain_loop import evaluate, make_optimizer, make_scheduler, train_one_epoch
 from training.visualize import animation_page, file_embeddings, scatter_page, tsne_2d
 
 MODEL_FILE = "model.pt"

@@ -7,16 +7,16 @@ Pages embed plotly.js, so they open offline.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from embedders.store.atomic import atomic_path
-from training.midi_datasets import collate
 from embedders.symbolic.midi_transformer.transformer import unwrap
+from training.midi_datasets import collate
 
 HOVER_COLUMNS_MAX = 8
 

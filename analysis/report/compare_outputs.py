@@ -15,8 +15,9 @@ import json
 import math
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path, PurePath
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -31,14 +31,15 @@ import dataclasses
 import hashlib
 import inspect
 import os
-from typing import Any, ClassVar, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
 from embedders.audio import clap_model
 from embedders.audio.clap_model import AMODELS, JOINT_DIM, checkpoint_sha256, file_key
+from embedders.base import AudioDecodeError, ConfigError, Embedder, EmbedderConfig, EmptyInputError, FrameGrid
 from embedders.devices import cuda_autocast_dtype, torch_device
-from embedders.base import (AudioDecodeError, ConfigError, Embedder, EmbedderConfig, EmptyInputError, FrameGrid)
 from embedders.registry import register
 
 SAMPLE_RATE = 48000

@@ -31,11 +31,12 @@ cols     feature
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
-from embedders.base import PITCH_CLASSES, AudioDecodeError, ConfigError, EmbedderConfig, EmptyInputError, Embedder, FrameGrid
+from embedders.base import PITCH_CLASSES, AudioDecodeError, ConfigError, Embedder, EmbedderConfig, EmptyInputError, FrameGrid
 from embedders.registry import register
 
 _AMIN = 1e-10

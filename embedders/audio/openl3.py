@@ -48,14 +48,23 @@ import pickle
 import re
 import warnings
 import zipfile
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
 from embedders import checkpoint_files
+from embedders.base import (
+    AudioDecodeError,
+    CheckpointError,
+    ConfigError,
+    Embedder,
+    EmbedderConfig,
+    EmptyInputError,
+    FrameGrid,
+    MissingDependencyError,
+)
 from embedders.devices import cuda_autocast_dtype, torch_device
-from embedders.base import (AudioDecodeError, CheckpointError, ConfigError, Embedder, EmbedderConfig,
-                            EmptyInputError, FrameGrid, MissingDependencyError)
 from embedders.registry import register
 
 SAMPLE_RATE = 48000

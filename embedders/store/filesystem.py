@@ -22,9 +22,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Iterator, Union
+from typing import Union
 from urllib.parse import unquote, urlsplit
 
 from embedders.store.atomic import atomic_path, atomic_write_bytes

@@ -39,13 +39,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
 from embedders import checkpoint_files
-from embedders.base import (CheckpointError, ConfigError, Embedder, EmbedderConfig, EmptyInputError,
-                            MidiDecodeError, MissingDependencyError)
+from embedders.base import (
+    CheckpointError,
+    ConfigError,
+    Embedder,
+    EmbedderConfig,
+    EmptyInputError,
+    MidiDecodeError,
+    MissingDependencyError,
+)
 from embedders.registry import register
 
 PAD, BOS, EOS = 0, 1, 2

@@ -35,11 +35,12 @@ cols     feature (D = 76; histograms sum to 1, or are all 0 when the window has 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
-from embedders.base import PITCH_CLASSES, ConfigError, EmbedderConfig, EmptyInputError, Embedder, FrameGrid
+from embedders.base import PITCH_CLASSES, ConfigError, Embedder, EmbedderConfig, EmptyInputError, FrameGrid
 from embedders.registry import register
 
 _DUR_EDGES = np.array([1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0, 4.0])

@@ -36,11 +36,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.report import compare_outputs as report
-
-from analysis.report import plots
 from analysis.compare import compare_labels, compare_spaces
 from analysis.pooling import mean_std_pool, zscore_features
+from analysis.report import compare_outputs as report
+from analysis.report import plots
 from embedders.store import filesystem as fs
 from embedders.store.h5 import load_pair
 from embedders.store.parts import StoreError

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -112,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     from ray_jobs.demo import page as demo_page
     from ray_jobs.generate_embeddings import job as generate_embeddings
     from ray_jobs.prepare_dataset import job as prepare_dataset
-    from ray_jobs.sweep import job as sweep
     from ray_jobs.ray_session import ensure_ray
+    from ray_jobs.sweep import job as sweep
 
     ensure_ray(args.num_cpus)
     results = Path(args.results_dir).absolute()

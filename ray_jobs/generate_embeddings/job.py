@@ -19,14 +19,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from embedders.store import filesystem as fs
 from embedders.base import MEDIUM_BY_MODALITY, ConfigError
-from embedders.dataset import (InfoCsvError, dataset_dir, embeddings_dir, info_hash, package_versions,
-                               read_info_csv)
-from embedders.store.h5 import consolidate
-from embedders.store.h5 import export_legacy
+from embedders.dataset import InfoCsvError, dataset_dir, embeddings_dir, info_hash, package_versions, read_info_csv
 from embedders.registry import available, get_embedder_class
-from embedders.store.parts import ShardWriter, StoreError, check_shard_config, completed_ids, errors_path, remove_shards, write_errors
+from embedders.store import filesystem as fs
+from embedders.store.h5 import consolidate, export_legacy
+from embedders.store.parts import (
+    ShardWriter,
+    StoreError,
+    check_shard_config,
+    completed_ids,
+    errors_path,
+    remove_shards,
+    write_errors,
+)
 from ray_jobs.generate_embeddings.pipeline import MediumSpec, build_dataset, build_media_dataset, local_options
 
 PATH_COLUMN = {"audio_embeddings": "audio_filename", "symbolic_embeddings": "midi_filename"}

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from embedders.store import filesystem as fs
 from embedders.base import ITEM_ERRORS, ConfigError, ItemError
 from embedders.io import decode_audio, decode_midi, read_bytes
+from embedders.store import filesystem as fs
 
 EMPTY = np.zeros(0, dtype=np.float32)
 DECODE_MEMORY_BYTES = 512 * 1024**2

@@ -27,8 +27,9 @@ import os
 import re
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any
 
 from embedders.store import filesystem as fs
 from ray_jobs.prepare_dataset.recipes import music21 as db

@@ -23,7 +23,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from embedders.store.atomic import atomic_path
-
 from ray_jobs.pretrain.config import PretrainConfigError, register_schema, validate
 
 register_schema()
@@ -117,8 +116,8 @@ def _run(cfg: DictConfig, fail_at_epoch: int | None = None) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     from embedders.dataset import read_info_csv
-    from ray_jobs.ray_session import ensure_ray
     from embedders.symbolic.midi_transformer import tokenizer as tk
+    from ray_jobs.ray_session import ensure_ray
     from training.midi_datasets import split_files, visualisation_set
     from training.pretrain_worker import MODEL_FILE, train_loop_per_worker
 
@@ -198,10 +197,10 @@ def test_metrics(cfg: DictConfig, model_path: Path, splits: dict[str, list[str]]
     from torch.utils.data import DataLoader
 
     from embedders.symbolic.midi_transformer import tokenizer as tk
+    from embedders.symbolic.midi_transformer.transformer import load_checkpoint
     from training.midi_datasets import collate
     from training.pretrain_loop import count_tokens, evaluate, unigram_perplexity
     from training.pretrain_worker import make_dataset
-    from embedders.symbolic.midi_transformer.transformer import load_checkpoint
 
     loaded = load_checkpoint(model_path)
     tokenizer = tk.load_tokenizer(paths["tokenizer"])

@@ -109,8 +109,8 @@ def _dataset_name(h5_path: Path) -> str:
 
 def settings_from_args(args):
     from ray_jobs.sweep.plan import Settings, SweepError, read_json
-    from ray_jobs.sweep.tracking import default_tracking_uri
     from ray_jobs.sweep.space import parse_labels
+    from ray_jobs.sweep.tracking import default_tracking_uri
 
     try:
         labels = parse_labels(args.labels)

@@ -31,9 +31,9 @@ from embedders.store.atomic import atomic_write_bytes
 from embedders.store.parts import StoreError
 from ray_jobs.sweep.plan import Settings, Task, read_json, task_dir, task_state, tune_dir, write_json
 from ray_jobs.sweep.results import record_from_seeds
+from ray_jobs.sweep.space import search_space, train_config_kwargs
 from ray_jobs.sweep.tracking import RecordingASHA, SweepTracking, TrialLogger
 from ray_jobs.sweep.trainable import train_trial, tune_domains
-from ray_jobs.sweep.space import search_space, train_config_kwargs
 
 # errors that fail one task (recorded in tasks/<task>/error.json) while the sweep goes on
 TASK_ERRORS = (StoreError, ValueError, KeyError, RayTaskError)

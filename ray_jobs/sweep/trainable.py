@@ -64,8 +64,8 @@ def train_trial(config: dict[str, Any], data: Any) -> None:
 
     import torch
 
-    from training.experiment import ClassificationExperiment, TrainConfig
     from ray_jobs.sweep.space import train_config_kwargs
+    from training.experiment import ClassificationExperiment, TrainConfig
 
     # one "Checkpoint successfully created" line per new best epoch of every trial drowns the console
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)

@@ -28,12 +28,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
-from embedders.base import (CheckpointError, ConfigError, Embedder, EmbedderConfig, EmbeddingFailedError,
-                            EmptyInputError)
+from embedders.base import CheckpointError, ConfigError, Embedder, EmbedderConfig, EmbeddingFailedError, EmptyInputError
 from embedders.registry import register
 
 HOW_TO_GET = ("train one with `python -m ray_jobs.pretrain`, then pass its checkpoint file "

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedders.store.atomic import atomic_path
 from embedders.base import CheckpointError
+from embedders.store.atomic import atomic_path
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_state", "model_config", "tokenizer")

@@ -27,9 +27,9 @@ import math
 import random
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import PurePosixPath
-from typing import Sequence
 
 TPQ = 480  # MIDI ticks per quarter note
 SAMPLE_RATE = 48_000
@@ -90,7 +90,7 @@ def make_id(corpus_path: str, number: int | None = None) -> str:
     return safe
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def beat_quarter_length(time_signature: str | None) -> float:
     """Quarter notes per beat of a time signature such as '6/8' (1.5); 1.0 when unknown."""
     from music21 import meter
