@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from embedders.store.h5 import export_legacy
-from ray_jobs.train_classifier import main
+from ray_jobs.train_classifier.job import main
 from tests.classifier_factory import A, separable_store
 from training.classifier_data import load_task
 
@@ -96,7 +96,7 @@ def test_bad_label_exits_2_from_a_real_process(stores, tmp_path):
 
 def test_training_never_starts_or_imports_ray(stores, tmp_path):
     columnar, _ = stores
-    code = ("import sys; from ray_jobs.train_classifier import main; "
+    code = ("import sys; from ray_jobs.train_classifier.job import main; "
             f"rc = main(['--h5_path', {str(columnar)!r}, '--medium', '{A}', '--label', 'style', '--num_epochs', '1', "
             "'--save_dir', 'r']); print(rc, 'ray' in sys.modules)")
     proc = _run(["-c", code], tmp_path)
