@@ -113,8 +113,10 @@ def psutil_module():
     try:
         import psutil
     except ImportError:
-        import psutil
         import ray  # noqa: F401  puts ray/thirdparty_files on sys.path
+
+        # isort: split
+        import psutil
     return psutil
 
 

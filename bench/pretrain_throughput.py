@@ -56,7 +56,7 @@ def compose_cfg(args, source: Path, work: Path, workers: int, bucket: bool):
         "mlflow.viz_interval=0", f"ray.num_workers={workers}", "ray.max_failures=0", f"seed={args.seed}",
         "dataset.visualisation_size=10",
     ]
-    with initialize_config_dir(config_dir=str(REPO / "ray_jobs" / "configs"), version_base=None):
+    with initialize_config_dir(config_dir=str(REPO / "ray_jobs" / "pretrain" / "configs"), version_base=None):
         return compose(config_name="config", overrides=overrides)
 
 
