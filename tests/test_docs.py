@@ -127,7 +127,7 @@ def test_link_checker_finds_broken_links(tmp_path):
 def test_argparse_table_renders_each_kind_of_flag():
     p = argparse.ArgumentParser(prog="x")
     p.add_argument("--path", required=True, help="a | b under <root>/raw/")
-    p.add_argument("--mode", choices=("fast", "slow"), default="fast", help="speed (default %(default)s)")
+    p.add_argument("--mode", choices=("slow", "fast"), default="fast", help="speed (default %(default)s)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="repeatable; keeps `<as is>`")
     p.add_argument("--flag", action="store_true")
     p.add_argument("--names", type=str, default=["a", "b"], help="100%% sure")
@@ -136,7 +136,7 @@ def test_argparse_table_renders_each_kind_of_flag():
         "| flag | default | meaning |",
         "| --- | --- | --- |",
         "| `--path` | required | a \\| b under `<root>`/raw/ |",
-        "| `--mode` `{fast,slow}` | `fast` | speed (default fast) |",
+        "| `--mode` `{slow,fast}` | `fast` | speed (default fast) |",
         "| `--opt` `KEY=VALUE` |  | repeatable; keeps `<as is>` |",
         "| `--flag` | off |  |",
         "| `--names` | `a,b` | 100% sure |",
