@@ -6,8 +6,9 @@
 A generated block sits between markers in a Markdown file and is replaced whole:
 
     <!-- flags:generate_embeddings -->   from ray_jobs/generate_embeddings/job.py: build_parser()
-    <!-- flags:pretrain -->              a Hydra job: the keys of ray_jobs/pretrain/config.py's schema,
-                                         defaults and comments from configs/config.yaml
+    <!-- flags:pretrain -->              a Hydra job (it has configs/config.yaml): keys and types of the
+                                         schema PretrainConfig in ray_jobs/pretrain/config.py, defaults
+                                         and trailing comments from configs/config.yaml
     <!-- embedders -->                   every registered embedder, its defaults and options
     <!-- /flags --> or <!-- /embedders --> closes the block.
 
@@ -117,7 +118,8 @@ def hydra_table(job: str) -> str:
             if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
                 walk(f.default_factory, key + ".", value)
                 continue
-            kind = re.sub(r"^Optional\[(.*)\]$", r"\1 or null", str(f.type))
+            kind = f.type.__name__ if isinstance(f.type, type) else str(f.type)  # str under PEP 563
+            kind = re.sub(r"^(?:typing\.)?Optional\[(.*)\]$", r"\1 or null", kind)
             rows.append(f"| `{key}` | {kind} | {_yaml_value(value)} | {_cell(comments.get(key, ''))} |")
 
     walk(top, "", values)
