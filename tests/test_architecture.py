@@ -1,4 +1,4 @@
-"""The layering the README promises, checked over every import in the project, lazy ones included.
+"""The layering README.md and docs/architecture.md promise, checked over every import in the project, lazy ones included.
 
 ``embedders`` and ``analysis`` sit at the bottom and never import each other; ``training`` sits
 above them; ``ray_jobs`` sits on top and nothing below imports it. No module imports itself back

@@ -1,4 +1,4 @@
-"""The bench scripts run at tiny sizes and print one JSON object with the keys the README table reads.
+"""The bench scripts run at tiny sizes and print one JSON object with the keys the tables of docs/benchmarks.md read.
 
 No timing is asserted: these check that the scripts work, not how fast the machine is.
 """

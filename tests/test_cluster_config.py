@@ -1,5 +1,5 @@
 """cluster.yaml: Ray's own validation for the pinned Ray version (offline: defaults are merged from
-the YAML shipped in the wheel, no AWS call), plus the properties the README promises about it."""
+the YAML shipped in the wheel, no AWS call), plus the properties docs/cluster.md promises about it."""
 
 from __future__ import annotations
 

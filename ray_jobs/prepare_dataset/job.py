@@ -53,7 +53,7 @@ def default_soundfont() -> str:
     return os.path.join(folder, "TimGM6mb.sf2")
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ray_jobs.prepare_dataset", description=__doc__.splitlines()[0])
     p.add_argument("--source", default="music21", choices=["music21"], help="where the scores come from")
     p.add_argument("--dataset", default="music21", help="dataset name: writes <data_root>/raw/<dataset>/")
@@ -67,6 +67,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     p.add_argument("--program", type=int, default=0, help="General MIDI program for every part (0: piano)")
     p.add_argument("--soundfont", default=None, help="SoundFont .sf2 (default: pretty_midi's TimGM6mb.sf2)")
     p.add_argument("--num_cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         p.error("--limit must be >= 1")
