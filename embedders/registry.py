@@ -18,6 +18,8 @@ BUILTIN_MODULES = (
     "embedders.audio.melstats",
     "embedders.audio.openl3",
     "embedders.audio.clap",
+    "embedders.audio.basic_pitch",
+    "embedders.audio.hear",
     "embedders.symbolic.pianoroll",
     "embedders.symbolic.midi_transformer.embedder",
     "embedders.symbolic.clamp",

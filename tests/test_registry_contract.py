@@ -15,8 +15,10 @@ from embedders.io import midi_duration_seconds
 from embedders.registry import available, get_embedder, get_embedder_class, register
 from tests.factory import scale_notes, score_from_notes, sine_wave
 from tests.midi_model_factory import tiny_checkpoint
+from tests.pretrained_factories.basic_pitch import basic_pitch_contract_config
 from tests.pretrained_factories.clamp import clamp_contract_config
 from tests.pretrained_factories.clap import clap_contract_config
+from tests.pretrained_factories.hear_naive import hear_contract_config
 from tests.pretrained_factories.openl3 import openl3_contract_config
 
 # name -> callable(tmp_path_factory) -> config options (for embedders that need checkpoints)
@@ -25,6 +27,8 @@ CONFIG_FACTORIES: dict[str, callable] = {
     "clamp": clamp_contract_config,
     "clap": clap_contract_config,
     "openl3": openl3_contract_config,
+    "basic_pitch": basic_pitch_contract_config,
+    "hear": hear_contract_config,
 }
 
 
