@@ -18,6 +18,7 @@ BUILTIN_MODULES = (
     "embedders.audio.melstats",
     "embedders.audio.openl3",
     "embedders.audio.clap",
+    "embedders.audio.musicnn",
     "embedders.symbolic.pianoroll",
     "embedders.symbolic.midi_transformer.embedder",
     "embedders.symbolic.clamp",
