@@ -1,16 +1,18 @@
-"""CPU cost of the pretrained embedders: seconds per minute of audio (openl3, clap, basic_pitch) and per
-MIDI file (clamp), at forward batch sizes 1 and 16.
+"""CPU cost of the pretrained embedders: seconds per minute of audio (openl3, clap, musicnn, basic_pitch)
+and per MIDI file (clamp), at forward batch sizes 1 and 16.
 
-    python bench/pretrained_cost.py [--models openl3,clap,clamp,basic_pitch] [--batch_sizes 1,16] [--threads 1]
+    python bench/pretrained_cost.py [--models openl3,clap,clamp,musicnn,basic_pitch] [--batch_sizes 1,16] [--threads 1]
                                     [--audio_seconds 60] [--midi_source data/raw/music21] [--midi_files 16]
 
 The models are the real architectures at their published sizes (openl3: mel256/music/512;
 clap: HTSAT-tiny, the default 630k-audioset-best.pt; clamp: CLaMP 3's 12-layer, 768-d symbolic
 encoder) with seeded random weights, written in each model's published checkpoint format and
 loaded through the embedder, exactly as real weights are: cost does not depend on weight values.
+musicnn runs its real weights (MTT_musicnn, from the musicnn wheel), penultimate layer, 3 s patches
+at its default 3 s hop.
 
 Batch size is the embedder's ``batch_size`` option, i.e. windows (openl3: 1 s windows at the 0.5 s
-hop; clap: 10 s windows) or 512-patch segments (clamp) per forward pass. When one recording has
+hop; clap: 10 s windows; musicnn: 3 s patches) or 512-patch segments (clamp) per forward pass. When one recording has
 fewer windows than a batch, one call embeds enough copies of it to fill the batch, so batch 16
 means full batches of 16. ``cpu_s`` is this process's CPU time (all torch threads) and ``wall_s``
 the elapsed time, each the median over ``--repeats`` after one warm-up call; with ``--threads 1``
@@ -119,9 +121,16 @@ def basic_pitch_cost(audio_seconds: float, threads: int, repeats: int) -> dict[s
             "audio_seconds_per_call": audio_seconds, "notes_transcribed": notes[-1]}
 
 
+def musicnn_cost(batch_sizes: list[int], audio_seconds: float, repeats: int) -> dict[str, Any]:
+    """musicnn with its real weights (the wheel's MTT_musicnn): no checkpoint to write."""
+    out = audio_cost("musicnn", {"model": "MTT_musicnn", "layer": "penultimate"}, batch_sizes, audio_seconds, repeats)
+    out["weights"] = "real: MTT_musicnn from the musicnn 0.1.0 wheel"
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default="openl3,clap,clamp,basic_pitch")
+    p.add_argument("--models", default="openl3,clap,clamp,musicnn,basic_pitch")
     p.add_argument("--batch_sizes", default="1,16")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: CPU seconds = wall seconds)")
     p.add_argument("--audio_seconds", type=float, default=60.0)
@@ -160,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
             result["clamp"] = clamp_cost(ckpt, files, batch_sizes, args.repeats)
         if "basic_pitch" in models:
             result["basic_pitch"] = basic_pitch_cost(args.audio_seconds, args.threads, args.repeats)
+        if "musicnn" in models:
+            result["musicnn"] = musicnn_cost(batch_sizes, args.audio_seconds, args.repeats)
     finish(result)
 
 

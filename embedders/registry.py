@@ -20,6 +20,7 @@ BUILTIN_MODULES = (
     "embedders.audio.clap",
     "embedders.audio.basic_pitch",
     "embedders.audio.hear",
+    "embedders.audio.musicnn",
     "embedders.symbolic.pianoroll",
     "embedders.symbolic.midi_transformer.embedder",
     "embedders.symbolic.clamp",
