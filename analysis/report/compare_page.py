@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.report import plots
-from analysis.report.compare_rows import CSV_COLUMNS, FIELDS, Field
+from analysis.report import compare_rows, plots
+from analysis.report.compare_rows import CSV_COLUMNS, Field
 from analysis.report.html import document, esc, interval, kv_table, number, p_value, table
 
 RDM_ROWS = 120
@@ -49,7 +49,7 @@ def _cell(field: Field, row: dict) -> str:
 
 def metrics_table(rows: Sequence[dict]) -> str:
     """One line per row; a column per FIELDS entry that some row has a value for (value, CI, null ...)."""
-    shown = [f for f in FIELDS if any(r.get(k) is not None for r in rows for k in f.keys)]
+    shown = [f for f in compare_rows.FIELDS if any(r.get(k) is not None for r in rows for k in f.keys)]
     lines = [{"metric": f"<span class='name'>{esc(r['name'])}</span>", **{f.heading: _cell(f, r) for f in shown}}
              for r in rows]
     return table(lines, ["metric", *(f.heading for f in shown)], "metrics")
@@ -64,7 +64,7 @@ def entry_text(entry: dict) -> str:
         text += " " + interval(entry["ci_lo"], entry.get("ci_hi"))
     if entry.get("p_value") is not None:
         text += f", p = {p_value(entry['p_value'])}"
-    for f in FIELDS:
+    for f in compare_rows.FIELDS:
         if f.key not in CSV_COLUMNS and entry.get(f.key) is not None:
             text += f", {f.heading} " + (p_value(entry[f.key]) if f.kind == "p" else interval(entry[f.key], entry.get(f.hi))
                                          if f.kind == "interval" else number(entry[f.key]))
