@@ -157,11 +157,19 @@ def test_rows_and_tables_follow_the_metrics_dicts(monkeypatch):
     assert "kNN accuracy (5-fold CV, k=10), chance 0.340" in label and "Holm" not in table + label
     assert "by fold: 0.050 [-0.010, 0.110], p = 0.3" in label and "0.300, p = 0.02" in label
 
+    nan = dict(spaces["metrics"]["rsa"], p_value=float("nan"))   # undefined: an empty cell, a dash on the page
+    assert compare_rows.metrics_csv(compare_rows.metric_rows({"metrics": {"x": nan}}, None)).splitlines()[1] == (
+        "x,0.5,0.4,0.6,0.0,-0.05,0.05,,40,False,0.1")
+    assert "<td>&ndash;</td>" in compare_page.metrics_table(compare_rows.metric_rows({"metrics": {"x": nan}}, None))
+
     # a new metric (in the dicts) and a new field (one Field) need no page code
     spaces["metrics"]["new_metric"] = dict(spaces["metrics"]["rsa"], value=0.25, p_holm=0.04)
     labels["audio"]["new_label_metric"] = {"value": 0.6, "p_holm": 0.5}
     labels["symbolic"]["new_label_metric"] = {"value": 0.4}
     monkeypatch.setattr(compare_rows, "FIELDS", (*compare_rows.FIELDS, compare_rows.Field("p_holm", "p (Holm)", "p")))
+    before = compare_rows.metric_rows(*report_inputs())   # no entry has the new field: outputs as they were
+    assert compare_rows.metrics_csv(before).splitlines()[0] == ",".join(compare_rows.CSV_COLUMNS)
+    assert "Holm" not in compare_page.metrics_table(before) + compare_page.label_table(report_inputs()[1])
     rows = compare_rows.metric_rows(spaces, labels)
     text = compare_rows.metrics_csv(rows)
     assert text.splitlines()[0] == ",".join(compare_rows.CSV_COLUMNS) + ",p_holm"

@@ -48,8 +48,8 @@ def _cell(field: Field, row: dict) -> str:
 
 
 def metrics_table(rows: Sequence[dict]) -> str:
-    """One line per row; a column per FIELDS entry that some row has a value for (value, CI, null ...)."""
-    shown = [f for f in compare_rows.FIELDS if any(r.get(k) is not None for r in rows for k in f.keys)]
+    """One line per row; a column per FIELDS entry: metrics.csv's first columns always, others when some row has one."""
+    shown = [f for f in compare_rows.FIELDS if f.key in CSV_COLUMNS or any(r.get(k) is not None for r in rows for k in f.keys)]
     lines = [{"metric": f"<span class='name'>{esc(r['name'])}</span>", **{f.heading: _cell(f, r) for f in shown}}
              for r in rows]
     return table(lines, ["metric", *(f.heading for f in shown)], "metrics")

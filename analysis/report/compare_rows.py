@@ -8,8 +8,8 @@ generically, so a new statistic needs no code here or in ``compare_page``:
   per-medium dict) gets a row named after its key (label metrics: ``label_<medium>_<key>``);
 * a new field of the metric entries (an excess over the null, a within-label null, a Holm-adjusted
   p-value ...): add one :class:`Field` to :data:`FIELDS`. Its key(s) become metrics.csv columns
-  after :data:`CSV_COLUMNS` and a page column at its place in FIELDS, each only when some row has
-  a value, so outputs without the field keep their bytes.
+  after :data:`CSV_COLUMNS` and a page column at its place in FIELDS (label metrics: a clause in
+  their cell), each only when some row has a value, so outputs without the field keep their bytes.
 """
 
 from __future__ import annotations
