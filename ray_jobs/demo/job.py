@@ -79,7 +79,7 @@ def pretrain(data_root: str, dataset: str, results: Path, epochs: int, tracking_
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from ray_jobs.pretrain.job import job as job
+    from ray_jobs.pretrain import job
 
     overrides = [*PRETRAIN_OVERRIDES, f"dataset.data_root={data_root}", f"dataset.name={dataset}",
                  f"output_dir={results / 'pretrain'}", f"train.epochs={epochs}",
