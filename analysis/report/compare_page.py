@@ -34,17 +34,20 @@ LABEL_METRICS = {"silhouette": "silhouette (cosine)", "label_rdm": "embedding RD
 
 
 # ---------------------------------------------------------------------------------------------- tables
-def _cell(field: Field, row: dict) -> str:
-    if field.kind == "value":
-        return f"<b>{number(row[field.key])}</b>"
+def _show(field: Field, values: dict) -> str:
+    """One field of a row or entry as text: an interval, a p-value or a number (a dash when missing)."""
     if field.kind == "interval":
-        return interval(row[field.key], row[field.hi])
-    if field.kind == "p":
-        return p_value(row[field.key])
-    if field.kind == "count":
-        sub = " <span class='sub'>(subsample)</span>" if row.get("subsampled") else ""
-        return number(row[field.key]) + sub
-    return number(row[field.key])
+        return interval(values.get(field.key), values.get(field.hi))
+    return p_value(values.get(field.key)) if field.kind == "p" else number(values.get(field.key))
+
+
+def _cell(field: Field, row: dict) -> str:
+    text = _show(field, row)
+    if field.kind == "value":
+        return f"<b>{text}</b>"
+    if field.kind == "count" and row.get("subsampled"):
+        text += " <span class='sub'>(subsample)</span>"
+    return text
 
 
 def metrics_table(rows: Sequence[dict]) -> str:
@@ -66,8 +69,7 @@ def entry_text(entry: dict) -> str:
         text += f", p = {p_value(entry['p_value'])}"
     for f in compare_rows.FIELDS:
         if f.key not in CSV_COLUMNS and entry.get(f.key) is not None:
-            text += f", {f.heading} " + (p_value(entry[f.key]) if f.kind == "p" else interval(entry[f.key], entry.get(f.hi))
-                                         if f.kind == "interval" else number(entry[f.key]))
+            text += f", {f.heading} {_show(f, entry)}"
     return text
 
 
