@@ -64,16 +64,43 @@ def test_bad_values_are_listed(tmp_path):
     assert "train.dropout" in message and "ray.num_workers" in message
 
 
+def failing_once(marker: Path):
+    """The worker loop, dying once right after rank 0 reported epoch 0 (so its checkpoint exists);
+    ``marker`` records the failure, and the restarted workers, seeing it, go on."""
+    from training.pretrain_worker import train_loop_per_worker
+
+    def loop(cfg):
+        import ray.train
+
+        report = ray.train.report
+
+        def report_then_fail(metrics, *args, **kwargs):
+            report(metrics, *args, **kwargs)
+            if metrics["epoch"] == 0 and ray.train.get_context().get_world_rank() == 0 and not marker.exists():
+                marker.write_text("failed after epoch 0\n")
+                raise RuntimeError("injected worker failure after epoch 0")
+
+        ray.train.report = report_then_fail
+        try:
+            train_loop_per_worker(cfg)
+        finally:
+            ray.train.report = report
+
+    return loop
+
+
 @pytest.mark.slow
-def test_two_worker_run_survives_a_failure_and_a_rerun_continues(ray_session, tmp_path):
+def test_two_worker_run_survives_a_failure_and_a_rerun_continues(ray_session, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from embedders.symbolic.midi_transformer.transformer import load_checkpoint
     from ray_jobs.pretrain.job import run
+    from training import pretrain_worker
 
     tiny_dataset(tmp_path)
-    summary = run(make_cfg(tmp_path), fail_at_epoch=0)
     run_dir = tmp_path / "results" / "tiny_model"
+    monkeypatch.setattr(pretrain_worker, "train_loop_per_worker", failing_once(run_dir / ".injected_failure"))
+    summary = run(make_cfg(tmp_path))
     assert (run_dir / ".injected_failure").exists(), "the failure was not injected"
     history = json.loads((run_dir / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1], "epoch 0 must not be redone after the restart"

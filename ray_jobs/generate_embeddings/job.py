@@ -23,6 +23,7 @@ from embedders.base import MEDIUM_BY_MODALITY, ConfigError
 from embedders.dataset import InfoCsvError, dataset_dir, embeddings_dir, info_hash, package_versions, read_info_csv
 from embedders.registry import available, get_embedder_class
 from embedders.store import filesystem as fs
+from embedders.store.atomic import json_bytes
 from embedders.store.h5 import consolidate, export_legacy
 from embedders.store.parts import (
     ShardWriter,
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["h5_layout"] = args.h5_layout
     summary["seconds"] = round(time.perf_counter() - started, 2)
     print_summary(summary)
-    fs.write_bytes(fs.join(emb_dir, "summary.json"), json.dumps(summary, indent=2).encode())
+    fs.write_bytes(fs.join(emb_dir, "summary.json"), json_bytes(summary))
     embedded = sum(m["valid_total"] for m in summary["media"].values())
     return 0 if embedded > 0 else 1
 

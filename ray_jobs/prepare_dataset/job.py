@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from embedders.store import filesystem as fs
+from embedders.store.atomic import json_bytes
 from ray_jobs.prepare_dataset.recipes import music21 as db
 
 CSV_COLUMNS = ("id", "audio_filename", "midi_filename", "composer", "era", "time_signature", "key",
@@ -202,7 +203,7 @@ def build_one(row: dict[str, Any], *, dataset_dir: str, soundfont: str, seed: in
         "audio_seconds": round(audio_seconds, 3), "build_seconds": round(time.perf_counter() - started, 2),
         "build_hash": settings_hash,
     }
-    fs.write_bytes(record_path, json.dumps(record, indent=1).encode())
+    fs.write_bytes(record_path, json_bytes(record))
     return {**out, "status": "built", "record": json.dumps(record)}
 
 

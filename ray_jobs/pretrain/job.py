@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from embedders.store.atomic import atomic_path
+from embedders.store.atomic import atomic_path, write_json
 from ray_jobs.pretrain.config import PretrainConfigError, register_schema, validate
 
 register_schema()
@@ -35,7 +35,8 @@ def resolve_paths(cfg: DictConfig) -> dict[str, Path]:
     out = Path(cfg.output_dir).absolute()
     return {
         "root": root,
-        "tokenizer": Path(d.tokenizer_path) if d.tokenizer_path else Path(d.data_root) / "tokenizers" / f"{name}_remi_bpe{d.vocab_size}.json",
+        "tokenizer": (Path(d.tokenizer_path) if d.tokenizer_path
+                      else Path(d.data_root) / "tokenizers" / f"{name}_remi_bpe{d.vocab_size}.json"),
         "cache": Path(d.cache_dir) if d.cache_dir else Path(d.data_root) / "token_cache" / name,
         "output": out,
         "run_dir": out / cfg.train.model_name,
@@ -94,7 +95,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def run(cfg: DictConfig, fail_at_epoch: int | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig) -> dict[str, Any]:
     """Everything after config parsing; returns the summary (also written to test_metrics.json).
 
     Remote locations (``dataset.data_root``, ``dataset.info_csv``, ``output_dir`` as s3://, gs://,
@@ -104,14 +105,14 @@ def run(cfg: DictConfig, fail_at_epoch: int | None = None) -> dict[str, Any]:
     from ray_jobs.pretrain.staging import staged
 
     with staged(cfg) as local:
-        summary = _run(local, fail_at_epoch)
+        summary = _run(local)
     if fs.is_remote(cfg.output_dir):
         summary["model_path"] = str(fs.join(cfg.output_dir, cfg.train.model_name, Path(summary["model_path"]).name))
         print(f"uploaded {local.output_dir} to {cfg.output_dir}; model: {summary['model_path']}")
     return summary
 
 
-def _run(cfg: DictConfig, fail_at_epoch: int | None = None) -> dict[str, Any]:
+def _run(cfg: DictConfig) -> dict[str, Any]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -156,12 +157,12 @@ def _run(cfg: DictConfig, fail_at_epoch: int | None = None) -> dict[str, Any]:
         "train_files": [str(Path(f).absolute()) for f in splits["train"]],
         "val_files": [str(Path(f).absolute()) for f in splits["validation"]],
         "viz_files": [str(Path(f).absolute()) for f in viz_files], "viz_meta": viz_meta.to_dict("records"),
-        "batch_size": t.batch_size, "bucket_by_length": bool(t.bucket_by_length), "epochs": t.epochs, "learning_rate": t.learning_rate,
+        "batch_size": t.batch_size, "bucket_by_length": bool(t.bucket_by_length), "epochs": t.epochs,
+        "learning_rate": t.learning_rate,
         "weight_decay": t.weight_decay, "warmup_steps": t.warmup_steps, "grad_clip": t.grad_clip,
         "seed": cfg.seed, "model_name": t.model_name, "run_dir": str(paths["run_dir"]),
         "viz_interval": cfg.mlflow.viz_interval,
         "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id, "color_by": cfg.mlflow.color_by},
-        "fail_at_epoch": fail_at_epoch, "fail_marker": str(paths["run_dir"] / ".injected_failure"),
     }
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=worker_cfg,
@@ -227,7 +228,7 @@ def log_summary(tracking_uri: str, run_id: str, summary: dict[str, Any], run_dir
     for key in ("test_loss", "test_perplexity", "unigram_test_loss", "unigram_test_perplexity", "best_val_loss"):
         client.log_metric(run_id, key, float(summary[key]))
     path = run_dir / "test_metrics.json"
-    path.write_text(json.dumps(summary, indent=2))
+    write_json(path, summary)
     client.log_artifact(run_id, str(path))
 
 
