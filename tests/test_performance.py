@@ -106,7 +106,7 @@ def test_performance_midi_plays_the_drawn_programs_without_hanging_notes():
 
 def test_rendered_audio_follows_the_performance_not_the_score():
     """Onsets detected in the audio (librosa) match the performed times, not the score's."""
-    import librosa
+    librosa = pytest.importorskip("librosa")
 
     conv = line(n=24, bpm=100)
     p = dataclasses.replace(perf.draw_performance("strong", "w", 1, seed=1), tempo_factor=0.85, onset_jitter_ms=0.0,

@@ -1,5 +1,10 @@
 """Build a real paired dataset in the seed format from the music21 corpus (a Ray Data job).
 
+    python -m ray_jobs.prepare_dataset --source maestro|slakh|lakh_matched --dataset NAME [--overwrite]
+
+instead writes info.csv for that corpus, unpacked as ``<data_root>/raw/NAME/`` (``index``; the recipes
+are in docs/datasets.md).
+
     python -m ray_jobs.prepare_dataset --source music21 --dataset music21 [--limit N]
         [--per_composer N] [--composers bach,palestrina,...] [--max_seconds S] [--seed N]
         [--program P] [--performance none|light|strong] [--families keyboards,strings,...]
@@ -36,6 +41,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from embedders.store import filesystem as fs
+from ray_jobs.prepare_dataset import index
 from ray_jobs.prepare_dataset.recipes import music21 as db
 from ray_jobs.prepare_dataset.recipes import performance as perf
 
@@ -61,7 +67,9 @@ def default_soundfont() -> str:
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="python -m ray_jobs.prepare_dataset", description=__doc__.splitlines()[0])
-    p.add_argument("--source", default="music21", choices=["music21"], help="where the scores come from")
+    p.add_argument("--source", default="music21", choices=["music21", *index.SOURCES],
+                   help="music21: build MIDI and audio from the music21 corpus; maestro, slakh, lakh_matched: write "
+                        "info.csv for that corpus unpacked as <data_root>/raw/<dataset>/ (docs/datasets.md)")
     p.add_argument("--dataset", default="music21", help="dataset name: writes <data_root>/raw/<dataset>/")
     p.add_argument("--data_root", default="data", help="a folder or a URI (s3://bucket/data, gs://...)")
     p.add_argument("--limit", type=int, default=None, help="a balanced subset of N works (round-robin over composers)")
@@ -83,6 +91,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
                         "fluid-soundfont-gm (/usr/share/sounds/sf2/FluidR3_GM.sf2) or "
                         "musescore-general-soundfont-lossless (/usr/share/sounds/sf2/MuseScore_General.sf2)")
     p.add_argument("--num_cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")
+    p.add_argument("--slakh_stems", action="store_true", help="slakh: one row per stem (stem audio + MIDI) instead of per mix")
+    p.add_argument("--slakh_omitted", action="store_true", help="slakh: include the omitted/ tracks (split 'omitted')")
+    p.add_argument("--all_matches", action="store_true",
+                   help="lakh_matched: one row per (MSD id, matched MIDI) pair instead of the best match per MSD id")
+    p.add_argument("--overwrite", action="store_true", help="maestro/slakh/lakh_matched: replace a differing info.csv")
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         p.error("--limit must be >= 1")
@@ -245,6 +258,8 @@ def _disk_bytes(dataset_dir: Path | str, records: list[dict[str, Any]]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     _, args = parse_args(argv)
+    if args.source != "music21":
+        return index.main(args)
     started = time.perf_counter()
     catalogue = load_catalogue(args.composers)
     works = db.select_works(catalogue, args.composers, args.per_composer, args.max_seconds, args.seed, args.limit)
