@@ -130,7 +130,7 @@ def test_lakh_matched_best_match_per_song_and_songs_without_preview(tmp_path):
     from ray_jobs.prepare_dataset.recipes.lakh_matched import msd_folder
 
     root = tmp_path / "raw" / "lakh_matched"
-    scores = {"TRAAAGR128F425B14B": {"b" * 32: 0.6, "a" * 32: 0.9, "c" * 32: 0.9},
+    scores = {"TRAAAGR128F425B14B": {"b" * 32: 0.6, "c" * 32: 0.9, "a" * 32: 0.9},
               "TRBBBXY128F4261234": {"d" * 32: 0.7},
               "TRCCCZZ128F4265678": {"e" * 32: 0.8}}  # its MIDI file is absent: left out
     for k, (msd, matches) in enumerate(scores.items()):
