@@ -112,23 +112,55 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def load_splits(cfg: DictConfig, paths: dict[str, Path]):
+    """info.csv and the MIDI files of each split; PretrainConfigError (one message naming the config
+    keys and the file) when the dataset is missing or invalid or a split has no MIDI file.
+
+    Rows without MIDI (an empty ``midi_filename``) are not for pretraining and are left out; so are
+    listed MIDI files that do not exist (counted in a printed line).
+    """
+    from embedders.dataset import InfoCsvError, has_medium, read_info_csv, resolve_item_path
+
+    d = cfg.dataset
+    source = f"dataset.info_csv={d.info_csv}" if d.info_csv else f"dataset.name={d.name} (dataset.data_root={d.data_root})"
+    try:
+        info = read_info_csv(paths["root"], id_column=d.id_column)
+    except InfoCsvError as exc:
+        from ray_jobs.pretrain.cli import one_line
+
+        raise PretrainConfigError(f"{source}: {one_line(exc)}") from None
+    csv = paths["root"] / "info.csv"
+    if "split" not in info.columns:
+        raise PretrainConfigError(f"{source}: {csv} has no 'split' column (train/validation/test); it has {list(info.columns)}")
+    info = info[has_medium(info, "midi_filename")].reset_index(drop=True)
+    splits, missing = {}, {}
+    for split in ("train", "validation", "test"):
+        rows = info["split"].astype(str).str.strip() == split  # as training.midi_datasets.split_files
+        files = [str(resolve_item_path(paths["root"], m)) for m in info.loc[rows, "midi_filename"]]
+        splits[split] = [f for f in files if Path(f).is_file()]
+        missing[split] = len(files) - len(splits[split])
+    if any(missing.values()):
+        print(f"{sum(missing.values())} MIDI file(s) listed in {csv} do not exist and are left out: {missing}")
+    empty = [s for s, files in splits.items() if not files]
+    if empty:
+        detail = "; ".join(f"{s}: {missing[s]} listed file(s) missing" for s in empty if missing[s])
+        raise PretrainConfigError(f"{source}: {csv} has no MIDI file in split(s) {empty}; the split column needs "
+                                  f"train, validation and test rows with a midi_filename" + (f" ({detail})" if detail else ""))
+    return info, splits
+
+
 def _run(cfg: DictConfig) -> dict[str, Any]:
+    paths = resolve_paths(cfg)
+    info, splits = load_splits(cfg, paths)  # before the heavy imports: input errors come at once
+
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from embedders.dataset import read_info_csv
     from embedders.symbolic.midi_transformer import tokenizer as tk
     from ray_jobs.ray_session import ensure_ray
-    from training.midi_datasets import split_files, visualisation_set
+    from training.midi_datasets import visualisation_set
     from training.pretrain_worker import MODEL_FILE, train_loop_per_worker
 
-    paths = resolve_paths(cfg)
-    info = read_info_csv(paths["root"])
-    splits = {s: [str(p) for p in split_files(info, paths["root"], s)] for s in ("train", "validation", "test")}
-    empty = [s for s, files in splits.items() if not files]
-    if empty:
-        raise PretrainConfigError(f"{paths['root'] / 'info.csv'} has no rows in split(s) {empty}; "
-                                  "the split column needs train, validation and test rows")
     viz_files, viz_meta = visualisation_set(info, paths["root"], cfg.dataset.visualisation_size,
                                             stratify=cfg.mlflow.color_by if cfg.mlflow.color_by in info.columns else None,
                                             seed=cfg.seed)
@@ -232,16 +264,38 @@ def log_summary(tracking_uri: str, run_id: str, summary: dict[str, Any], run_dir
     client.log_artifact(run_id, str(path))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The command line: Hydra's, with every input error as one line on stderr and exit status 2.
+
+    The overrides are composed once before Hydra runs, so an unknown key, a wrong type or a missing
+    config file is reported as ``error: <key or file>: <what>`` instead of Hydra's multi-line
+    report (exit 1); a missing or invalid dataset, empty splits or out-of-range values likewise.
+    """
     import hydra
+
+    from ray_jobs.pretrain.cli import InputError, check_overrides, input_errors, one_line
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        check_overrides(argv)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     @hydra.main(version_base=None, config_path="configs", config_name="config")
     def _entry(cfg: DictConfig) -> None:
         try:
             validate(cfg)
             run(cfg)
-        except PretrainConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except input_errors() as exc:
+            # SystemExit passes through Hydra's error report untouched
+            print(f"error: {one_line(exc)}", file=sys.stderr)
             sys.exit(2)
 
-    _entry()
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "ray_jobs.pretrain", *argv]
+    try:
+        _entry()
+    finally:
+        sys.argv = saved
+    return 0
