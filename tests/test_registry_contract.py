@@ -21,7 +21,7 @@ from tests.pretrained_factories.openl3 import openl3_contract_config
 
 # name -> callable(tmp_path_factory) -> config options (for embedders that need checkpoints)
 CONFIG_FACTORIES: dict[str, callable] = {
-    "midi_transformer": lambda tmp: {"checkpoint": str(tiny_checkpoint(tmp.mktemp("midi_transformer")))},
+    "midi_transformer": lambda tmp: {"checkpoint": str(tiny_checkpoint(tmp.mktemp("midi_transformer"))), "device": "cpu"},
     "clamp": clamp_contract_config,
     "clap": clap_contract_config,
     "openl3": openl3_contract_config,
