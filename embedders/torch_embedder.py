@@ -14,6 +14,8 @@
   however often the embedder is rebuilt (a Ray actor rebuilds it per medium).
 - checkpoint identity: a file version is (absolute path, size, mtime); its SHA-256 is computed once
   per version per process (hashing a multi-GB checkpoint for every config hash would cost seconds).
+  Weights stored as several files (a TensorFlow checkpoint: index + data shards) name them all in
+  ``weights_files``; their identity is then every file's version and digest.
 - hashing and self-description: the config hash covers the embedder's options, the RESOLVED device
   class (cpu | cuda) and compute dtype (float32 | bfloat16 | float16), the weights by content
   (SHA-256; not their path, so a copy elsewhere or a re-downloaded URI reuses rows) and the code
@@ -37,7 +39,8 @@ How to add a model
    - ``prepare(self, item)`` if the model has CPU-side work per item (tokens, patches); for audio
      the default is ``validate_waveform``. It must not touch the network or the device.
    and, where it applies: ``average`` (the authors' own global vector), ``locate_weights`` (where
-   weights come from when ``checkpoint`` is ""), ``check_dependencies`` (import the optional
+   weights come from when ``checkpoint`` is ""), ``weights_files`` (the files behind that location,
+   when it is more than one file), ``check_dependencies`` (import the optional
    package, raising MissingDependencyError), class attributes ``network_fields`` (options that
    change the network: the model cache key), ``source_modules``, ``packages`` (versions to
    describe), ``how_to_get`` / ``weights_label`` (error messages), ``forward_batch`` (default
@@ -290,6 +293,21 @@ class TorchEmbedder(Embedder):
             raise CheckpointError(f"{cls.weights_label} not found: {path}; {cls.how_to_get}")
         return path
 
+    @classmethod
+    def weights_files(cls, path: str) -> tuple[str, ...]:
+        """The files whose bytes are the weights at ``path`` (what ``locate_weights`` returned): the
+        model cache key and the weights digest cover each of them. Default: ``path`` itself."""
+        return (path,)
+
+    @classmethod
+    def weights_sha256(cls, path: str) -> str:
+        """SHA-256 of the weights at ``path``: the file's own for one file (cached per file version),
+        else the SHA-256 of the files' digests joined by ':' in ``weights_files`` order."""
+        files = cls.weights_files(path)
+        if len(files) == 1:
+            return file_sha256(files[0])
+        return hashlib.sha256(":".join(file_sha256(f) for f in files).encode()).hexdigest()
+
     def load_model(self, path: str):
         """The network with the weights in ``path`` loaded strictly, on CPU."""
         raise NotImplementedError(f"{type(self).__name__} must implement load_model(path)")
@@ -336,7 +354,8 @@ class TorchEmbedder(Embedder):
     def model(self):
         """The network on ``device`` in eval mode, loaded once per process per file version."""
         if self._model is None:
-            key = (type(self).__module__, type(self).__qualname__, *file_key(self.weights_path),
+            versions = tuple(file_key(f) for f in self.weights_files(self.weights_path))
+            key = (type(self).__module__, type(self).__qualname__, versions,
                    self.network_key(self.config), self.runtime.device)
             if key not in _MODELS:
                 _MODELS[key] = self._place(self.load_model(self.weights_path))
@@ -391,7 +410,7 @@ class TorchEmbedder(Embedder):
         runtime = cls.runtime_for(config, cuda=cuda)
         payload = {"name": cls.name, "config": cls.hashed_options(config),
                    "runtime": {"device": runtime.device_class, "dtype": runtime.dtype},
-                   "weights_sha256": file_sha256(cls.locate_weights(config)), "source": cls.source_hash()}
+                   "weights_sha256": cls.weights_sha256(cls.locate_weights(config)), "source": cls.source_hash()}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @classmethod
@@ -401,8 +420,8 @@ class TorchEmbedder(Embedder):
         out = super().describe_config(config)
         runtime, path = cls.runtime_for(config, cuda=cuda), cls.locate_weights(config)
         out.update({"runtime": {"device": runtime.device_class, "dtype": runtime.dtype},
-                    f"{cls.weights_term}_file": os.path.basename(path),
-                    f"{cls.weights_term}_sha256": file_sha256(path)})
+                    f"{cls.weights_term}_file": os.path.basename(os.path.normpath(path)),
+                    f"{cls.weights_term}_sha256": cls.weights_sha256(path)})
         for package in ("torch", *cls.packages):
             try:
                 out[f"{package}_version"] = version(package)

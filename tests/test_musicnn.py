@@ -128,13 +128,13 @@ def test_front_end_is_the_originals_without_float16(reference):
 def test_embedder_reproduces_the_originals_patches(reference):
     """hop 2.992 s = 187 frames, musicnn's own patching: the first frames are the extractor's patches."""
     waves = reference_script.reference_waveforms()
-    embedder = get_embedder("musicnn", hop_seconds=2.992)
+    embedder = get_embedder("musicnn", device="cpu", hop_seconds=2.992)
     out = embedder.embed([waves["chords"], waves["noise"]])
     assert [len(o) for o in out] == [3, 2]  # ceil(6.5 / 2.992), ceil(3.5 / 2.992): tails are kept
     for wave, frames in zip(["chords", "noise"], out):
         original = reference[f"MTT_musicnn__{wave}__network__penultimate"]
         assert relative_error(frames[:len(original)], original) <= FRONT_END_TOLERANCE, wave
-        logmel, starts = embedder.item_log_mel(waves[wave])  # the same patches, every output
+        logmel, starts = embedder.prepare(waves[wave])  # the same patches, every output
         every = run(embedder.model, np.stack([logmel[s:s + 187] for s in starts[:len(original)]]))
         np.testing.assert_allclose(every["penultimate"], frames[:len(original)], rtol=1e-5, atol=1e-5)
         for key in OUTPUTS:
@@ -145,7 +145,7 @@ def test_embedder_reproduces_the_originals_patches(reference):
 # -- the embedder ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def embedder():
-    return get_embedder("musicnn")
+    return get_embedder("musicnn", device="cpu")
 
 
 def chords(seconds: float, amplitude: float = 0.1) -> np.ndarray:
@@ -156,7 +156,7 @@ def chords(seconds: float, amplitude: float = 0.1) -> np.ndarray:
 def test_frames_are_patches_on_the_hop_grid(embedder):
     assert embedder.dim == 200 and embedder.sample_rate == 16000 and embedder.hop_seconds == 3.0
     np.testing.assert_array_equal(embedder.patch_starts(int(10.0 * 16000)), [0, 188, 375, 563])  # 187.5 frames
-    half = get_embedder("musicnn", hop_seconds=0.5, layer="max_pool")
+    half = get_embedder("musicnn", device="cpu", hop_seconds=0.5, layer="max_pool")
     np.testing.assert_array_equal(half.patch_starts(int(2.0 * 16000)), [0, 31, 63, 94])  # 31.25 frames
     audio = chords(3.7)
     out = half.embed([audio])[0]
@@ -170,8 +170,8 @@ def test_frames_are_patches_on_the_hop_grid(embedder):
 
 def test_patches_of_several_items_share_forward_passes_in_order():
     items = [chords(7.0), chords(0.5, amplitude=0.3), chords(4.0, amplitude=0.02)]  # 3 + 1 + 2 patches
-    one = get_embedder("musicnn", batch_size=1, layer="taggram").embed(items)
-    four = get_embedder("musicnn", batch_size=4, layer="taggram").embed(items)
+    one = get_embedder("musicnn", device="cpu", batch_size=1, layer="taggram").embed(items)
+    four = get_embedder("musicnn", device="cpu", batch_size=4, layer="taggram").embed(items)
     assert [len(o) for o in four] == [3, 1, 2]
     for a, b in zip(one, four):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
@@ -188,7 +188,7 @@ def test_short_audio_is_one_patch_of_it_and_silence(embedder):
 def test_loud_audio_stays_finite(embedder):
     """Where the original's float16 log-mel gives inf, the float32 front end gives usable features."""
     for audio in (reference_script.reference_waveforms()["loud"], chords(3.0, amplitude=0.99)):
-        logmel, starts = embedder.item_log_mel(audio)
+        logmel, starts = embedder.prepare(audio)
         assert logmel.max() > np.log10(65504)  # beyond float16
         out = run(embedder.model, np.stack([logmel[s:s + 187] for s in starts]))
         assert all(np.isfinite(v).all() for v in out.values())
@@ -196,11 +196,11 @@ def test_loud_audio_stays_finite(embedder):
 
 def test_layers_models_and_tags():
     audio = [chords(3.0)]
-    tags = get_embedder("musicnn", layer="taggram").embed(audio)[0]
+    tags = get_embedder("musicnn", device="cpu", layer="taggram").embed(audio)[0]
     assert tags.shape == (1, 50) and ((tags > 0) & (tags < 1)).all()
-    msd = get_embedder("musicnn", model="MSD_musicnn", layer="taggram").embed(audio)[0]
+    msd = get_embedder("musicnn", device="cpu", model="MSD_musicnn", layer="taggram").embed(audio)[0]
     assert not np.allclose(tags, msd)  # the other weights
-    mean, peak = (get_embedder("musicnn", layer=k).embed(audio)[0] for k in ("mean_pool", "max_pool"))
+    mean, peak = (get_embedder("musicnn", device="cpu", layer=k).embed(audio)[0] for k in ("mean_pool", "max_pool"))
     assert mean.shape == peak.shape == (1, 753) and (peak >= mean - 1e-6).all()
     labels = mn.tag_labels("MTT_musicnn")
     assert len(labels) == 50 and labels[:3] == ["guitar", "classical", "slow"]
@@ -218,25 +218,54 @@ def test_describe_and_hash(embedder, tmp_path):
     d = embedder.describe()
     assert d["dim"] == 200 and d["window_seconds"] == 3.0 and d["hop_seconds"] == 3.0
     assert d["musicnn_version"] == "0.1.0" and len(d["weights_sha256"]) == 64 and "ISC" in d["licence"]
-    assert get_embedder("musicnn", layer="taggram").describe()["columns"] == mn.tag_labels("MTT_musicnn")
-    hashes = {get_embedder("musicnn", **o).config_hash() for o in ({}, {"layer": "max_pool"}, {"model": "MSD_musicnn"},
-                                                                    {"hop_seconds": 1.0})}
+    assert get_embedder("musicnn", device="cpu", layer="taggram").describe()["columns"] == mn.tag_labels("MTT_musicnn")
+    options = ({}, {"layer": "max_pool"}, {"model": "MSD_musicnn"}, {"hop_seconds": 1.0})
+    hashes = {get_embedder("musicnn", device="cpu", **o).config_hash() for o in options}
     assert len(hashes) == 4
     # the same config over other weights (rewritten in place): a new hash, new outputs
     folder = tmp_path / "weights"
     folder.mkdir()
     tensors = network_tensors(embedder)
     prefix = write_bundle(str(folder) + os.sep, tensors, entries_per_block=64, restart_interval=16)
-    before = get_embedder("musicnn", checkpoint=str(folder), layer="taggram")
+    before = get_embedder("musicnn", device="cpu", checkpoint=str(folder), layer="taggram")
     before_hash = before.config_hash()
     tensors["dense_1/bias"] = tensors["dense_1/bias"] + 1
     write_bundle(prefix, tensors, entries_per_block=64, restart_interval=16)
     for name in os.listdir(folder):  # a later write: file versions are (path, size, mtime)
         os.utime(folder / name, ns=(os.stat(folder / name).st_atime_ns, os.stat(folder / name).st_mtime_ns + 10**9))
-    after = get_embedder("musicnn", checkpoint=str(folder), layer="taggram")
+    after = get_embedder("musicnn", device="cpu", checkpoint=str(folder), layer="taggram")
     assert before.config == after.config and before_hash != after.config_hash()
     audio = [chords(3.0)]
     assert (after.embed(audio)[0] > before.embed(audio)[0]).all()  # +1 on every logit
+
+
+def test_weights_identity_is_the_index_and_the_data(embedder, tmp_path):
+    """The digest is hashlib's SHA-256 of the two files' digests; a change to the data file alone (the
+    index untouched) gives a new hash, and the model cache key follows the data file's version too."""
+    import hashlib
+
+    prefix = write_bundle(tmp_path / "w", network_tensors(embedder))
+    index, data = prefix + ".index", prefix + ".data-00000-of-00001"
+    assert mn.MusicnnEmbedder.weights_files(prefix) == (index, data)
+    digests = [hashlib.sha256(open(f, "rb").read()).hexdigest() for f in (index, data)]
+    expected = hashlib.sha256(f"{digests[0]}:{digests[1]}".encode()).hexdigest()
+    config = mn.MusicnnEmbedderConfig(checkpoint=prefix, device="cpu")
+    assert mn.MusicnnEmbedder.weights_sha256(prefix) == expected
+    assert mn.MusicnnEmbedder.describe_config(config)["weights_sha256"] == expected
+    before = get_embedder("musicnn", device="cpu", checkpoint=prefix)
+    before_hash = before.config_hash()
+    raw = bytearray(open(data, "rb").read())
+    raw[-1] ^= 0x01  # one bit of the last tensor; the index and the file's size stay as they were
+    with open(data, "wb") as f:
+        f.write(raw)
+    os.utime(data, ns=(os.stat(data).st_atime_ns, os.stat(data).st_mtime_ns + 10**9))
+    assert mn.MusicnnEmbedder.hash_config(config) != before_hash
+    # a new file version of the data: loaded anew (not the cached network), and refused
+    with pytest.raises(CheckpointError, match="checksum mismatch in .*corrupt data file"):
+        get_embedder("musicnn", device="cpu", checkpoint=prefix).model  # noqa: B018
+    os.remove(data)
+    with pytest.raises(CheckpointError, match=r"lists the data file .*w\.data-00000-of-00001, which is missing"):
+        mn.MusicnnEmbedder.hash_config(config)
 
 
 def test_checkpoint_that_does_not_fit_is_refused(embedder, tmp_path):
@@ -248,16 +277,16 @@ def test_checkpoint_that_does_not_fit_is_refused(embedder, tmp_path):
     del tensors["batch_normalization/gamma"]
     write_bundle(tmp_path / "partial", tensors)
     with pytest.raises(CheckpointError, match="has no tensor 'batch_normalization/gamma'"):
-        get_embedder("musicnn", checkpoint=str(tmp_path / "partial"))
+        get_embedder("musicnn", device="cpu", checkpoint=str(tmp_path / "partial"))
     with pytest.raises(CheckpointError, match=r"names no TensorFlow checkpoint \(no file .*nothing\.index\)"):
-        get_embedder("musicnn", checkpoint=str(tmp_path / "nothing"))
+        get_embedder("musicnn", device="cpu", checkpoint=str(tmp_path / "nothing"))
 
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"model": "MTT_vgg"}, "model must be one of"),
     ({"layer": "cnn1"}, "layer must be one of"),
     ({"hop_seconds": 0.01}, "hop_seconds must be >= 0.016"),
-    ({"batch_size": -1}, "batch_size must be an integer >= 0"),
+    ({"batch_size": -1}, "batch_size must be >= 0"),
     ({"device": "tpu"}, "device must be auto, cpu"),
 ])
 def test_bad_options(options, message):
@@ -277,9 +306,9 @@ def test_bad_items(embedder):
 
 
 def test_model_is_loaded_once_per_process():
-    a, b = get_embedder("musicnn", layer="taggram"), get_embedder("musicnn", hop_seconds=1.0)
+    a, b = get_embedder("musicnn", device="cpu", layer="taggram"), get_embedder("musicnn", device="cpu", hop_seconds=1.0)
     assert a.model is b.model
-    assert get_embedder("musicnn", model="MSD_musicnn").model is not a.model
+    assert get_embedder("musicnn", device="cpu", model="MSD_musicnn").model is not a.model
 
 
 def test_missing_wheel_or_librosa_says_what_to_install(monkeypatch):
@@ -290,8 +319,28 @@ def test_missing_wheel_or_librosa_says_what_to_install(monkeypatch):
 
     monkeypatch.setattr(musicnn_model.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(CheckpointError, match=r"musicnn wheel, which is not installed: pip install --no-deps musicnn==0\.1\.0"):
-        get_embedder("musicnn", model="MSD_musicnn")
+        get_embedder("musicnn", device="cpu", model="MSD_musicnn")
     monkeypatch.undo()
     monkeypatch.setitem(sys.modules, "librosa", None)  # import librosa -> ModuleNotFoundError
     with pytest.raises(MissingDependencyError, match=r"needs the package 'librosa'.*audio-vs-symbolic\[musicnn\]"):
         mn.log_mel(np.zeros(16000, np.float32))
+
+
+@pytest.mark.gpu
+def test_gpu_matches_cpu():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    items = [chords(7.0), chords(0.8, amplitude=0.3), chords(3.7, amplitude=0.02)]
+    for layer in ("penultimate", "mean_pool"):
+        cpu = np.concatenate(get_embedder("musicnn", device="cpu", layer=layer).embed(items))  # the reference
+        # relative error floor: IEEE fp32 on CUDA (TF32 off) 1e-4, the port's own bar; cosine floor: bf16 autocast 0.99
+        fp32 = np.concatenate(get_embedder("musicnn", device="cuda", precision="fp32", layer=layer).embed(items))
+        assert fp32.dtype == np.float32 and fp32.shape == cpu.shape
+        assert relative_error(fp32, cpu) <= TOLERANCE, layer
+        auto = get_embedder("musicnn", device="cuda", layer=layer)
+        assert auto.runtime.dtype in ("bfloat16", "float16") and auto.batch_size == 64
+        bf16 = np.concatenate(auto.embed(items))
+        cosine = (bf16 * cpu).sum(1) / (np.linalg.norm(bf16, axis=1) * np.linalg.norm(cpu, axis=1))
+        assert bf16.shape == cpu.shape and np.isfinite(bf16).all() and cosine.min() > 0.99, (layer, cosine.min())

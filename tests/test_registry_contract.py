@@ -29,6 +29,7 @@ CONFIG_FACTORIES: dict[str, callable] = {
     "openl3": openl3_contract_config,
     "basic_pitch": basic_pitch_contract_config,
     "hear": hear_contract_config,
+    "musicnn": lambda tmp: {"device": "cpu"},  # the musicnn wheel's real weights; CPU fp32 like the others
 }
 
 

@@ -41,30 +41,26 @@ How the port was checked: tests/data/make_musicnn_reference.py ran the original 
 all four outputs of MTT_musicnn and MSD_musicnn within 1e-4 of the original (max |diff| / max |ref|;
 measured <= 5.1e-6) and the float32 front end within float16 rounding of the original's (end to end,
 waveform to embedding, the two front ends move the outputs by <= 1e-3 relative).
+
+Compute (device, precision, model cache, weights identity, hashing: embedders/torch_embedder.py):
+``prepare`` checks the waveform and computes the float32 log-mel and the patch starts on the CPU;
+``forward`` batches the patches of every item in a call, ``batch_size`` per pass on the device (0:
+64 on CUDA, 1 on CPU). ``precision`` auto = bf16 autocast on CUDA (fp16 without native bf16), fp32
+on CPU. The weights' identity is the content of the checkpoint's index and data files together.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from embedders import checkpoint_files
-from embedders.base import (
-    AudioDecodeError,
-    CheckpointError,
-    ConfigError,
-    Embedder,
-    EmbedderConfig,
-    EmptyInputError,
-    FrameGrid,
-    MissingDependencyError,
-)
+from embedders.base import CheckpointError, ConfigError, EmbedderConfig, FrameGrid, MissingDependencyError
 from embedders.registry import register
+from embedders.torch_embedder import TorchEmbedder, TorchEmbedderConfig, memo, validate_waveform
 
 SAMPLE_RATE = 16000
 FFT_SIZE, FFT_HOP, N_MELS = 512, 256, 96
@@ -72,22 +68,22 @@ PATCH_FRAMES = 187  # musicnn's input: 3 s rounded to whole mel frames
 WINDOW_SECONDS = 3.0
 MODELS = ("MTT_musicnn", "MSD_musicnn")
 LAYERS = {"penultimate": 200, "mean_pool": 753, "max_pool": 753, "taggram": 50}
-_CACHE: dict[tuple, Any] = {}  # per process: loaded networks, keyed by weights file version and device
 
 
 @dataclasses.dataclass(frozen=True)
-class MusicnnEmbedderConfig(EmbedderConfig):
+class MusicnnEmbedderConfig(TorchEmbedderConfig):
+    embedder: ClassVar[str] = "musicnn"
+
+    # checkpoint: a TF checkpoint prefix (or the folder holding '.index'); "": the musicnn wheel's files for `model`
+    # batch_size: 3 s patches per forward pass; 0: 64 on CUDA, 1 on CPU, where larger batches only cost (one
+    # thread, bench/pretrained_cost.py: ~0.55 CPU s per audio minute at 1 and 2, ~0.9 at 4, ~1.35 at 16; one
+    # patch's timbral activations are ~9 MB and outgrow the cache)
     model: str = "MTT_musicnn"  # MTT_musicnn | MSD_musicnn: which training data the weights come from
     layer: str = "penultimate"  # penultimate (200) | mean_pool (753) | max_pool (753) | taggram (50)
     hop_seconds: float = 3.0  # between patch starts; 3.0: non-overlapping 3 s patches
-    checkpoint: str = ""  # TF checkpoint prefix; "": the musicnn wheel's files for `model`
-    # patches per forward pass; 0: 64 on CUDA, 1 on CPU, where larger batches only cost (one thread,
-    # bench/pretrained_cost.py: ~0.55 CPU s per audio minute at 1 and 2, ~0.9 at 4, ~1.35 at 16; one
-    # patch's timbral activations are ~9 MB and outgrow the cache)
-    batch_size: int = 0
-    device: str = "auto"  # auto: cuda when visible, else cpu
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.model not in MODELS:
             raise ConfigError(f"musicnn: model must be one of {list(MODELS)}, got {self.model!r} "
                               "(the wheel's vgg models are a different network and are not ported)")
@@ -96,10 +92,6 @@ class MusicnnEmbedderConfig(EmbedderConfig):
         if not (isinstance(self.hop_seconds, (int, float)) and self.hop_seconds >= FFT_HOP / SAMPLE_RATE):
             raise ConfigError(f"musicnn: hop_seconds must be >= {FFT_HOP / SAMPLE_RATE} (one mel frame), "
                               f"got {self.hop_seconds!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 0:
-            raise ConfigError(f"musicnn: batch_size must be an integer >= 0 (0: automatic), got {self.batch_size!r}")
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ConfigError(f"musicnn: device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     @property
     def window_seconds(self) -> float:
@@ -123,14 +115,18 @@ def tag_labels(model: str) -> list[str]:
     return list(configuration.MTT_LABELS if model.startswith("MTT") else configuration.MSD_LABELS)
 
 
-def mel_power(audio: np.ndarray) -> np.ndarray:
-    """(n,) waveform at 16 kHz -> (1 + n // 256, 96) float32 mel power, as musicnn asks librosa for it."""
+def _librosa():
     try:
         import librosa
     except ModuleNotFoundError as exc:
         raise MissingDependencyError("musicnn", exc.name or "librosa", "musicnn") from None
-    mel = librosa.feature.melspectrogram(y=np.asarray(audio, dtype=np.float32), sr=SAMPLE_RATE, n_fft=FFT_SIZE,
-                                         hop_length=FFT_HOP, n_mels=N_MELS, pad_mode="constant")
+    return librosa
+
+
+def mel_power(audio: np.ndarray) -> np.ndarray:
+    """(n,) waveform at 16 kHz -> (1 + n // 256, 96) float32 mel power, as musicnn asks librosa for it."""
+    mel = _librosa().feature.melspectrogram(y=np.asarray(audio, dtype=np.float32), sr=SAMPLE_RATE, n_fft=FFT_SIZE,
+                                            hop_length=FFT_HOP, n_mels=N_MELS, pad_mode="constant")
     return np.ascontiguousarray(mel.T, dtype=np.float32)
 
 
@@ -154,17 +150,25 @@ def weights_prefix(config: MusicnnEmbedderConfig) -> str:
     return prefix
 
 
-def weights_digest(prefix: str) -> str:
-    """SHA-256 over the checkpoint's index and data files (cached per file version)."""
+def _bundle_files(index_path: str) -> tuple[str, ...]:
     from embedders.audio.tf_checkpoint import TensorBundle
 
-    bundle = TensorBundle(prefix)
-    files = [bundle.index_path] + [bundle.data_path(i) for i in range(bundle.num_shards)]
-    return hashlib.sha256(":".join(checkpoint_files.file_sha256(f) for f in files).encode()).hexdigest()
+    bundle = TensorBundle(index_path[:-len(".index")])
+    return (bundle.index_path, *(bundle.data_path(i) for i in range(bundle.num_shards)))
+
+
+def checkpoint_files(prefix: str) -> tuple[str, ...]:
+    """The index and data files of the TF checkpoint at ``prefix`` (the index is read once per
+    version). Raises CheckpointError naming a data file that is missing."""
+    files = memo("tf_checkpoint_files", prefix + ".index", _bundle_files)
+    for path in files[1:]:
+        if not os.path.isfile(path):
+            raise CheckpointError(f"musicnn: checkpoint {files[0]} lists the data file {path}, which is missing")
+    return files
 
 
 @register
-class MusicnnEmbedder(Embedder):
+class MusicnnEmbedder(TorchEmbedder):
     name: ClassVar[str] = "musicnn"
     modality: ClassVar[str] = "audio"
     sample_rate: ClassVar[int] = SAMPLE_RATE
@@ -172,22 +176,36 @@ class MusicnnEmbedder(Embedder):
     dim = LAYERS["penultimate"]
     hop_seconds = 3.0
     default_batch_size: ClassVar[int] = 8  # recordings per call; patches are batched across them
+    network_fields: ClassVar[tuple[str, ...]] = ()  # one network; `model` only picks the weights file
+    source_modules: ClassVar[tuple[str, ...]] = ("embedders.audio.musicnn_model", "embedders.audio.tf_checkpoint")
+    forward_batch: ClassVar[dict[str, int]] = {"cpu": 1, "cuda": 64}  # CPU: see the config's batch_size
+    packages: ClassVar[tuple[str, ...]] = ("musicnn", "librosa")
+    how_to_get: ClassVar[str] = ("leave checkpoint empty to use the musicnn wheel's weights "
+                                 "(pip install --no-deps musicnn==0.1.0 -c constraints.txt), or give a TF checkpoint prefix")
+    weights_label: ClassVar[str] = "musicnn checkpoint"
+    weights_term: ClassVar[str] = "weights"
+    cudnn_benchmark: ClassVar[bool] = True  # every patch is (187, 96)
 
-    def __init__(self, config: MusicnnEmbedderConfig | None = None):
-        super().__init__(config)
+    def __init__(self, config: MusicnnEmbedderConfig | None = None, *, load: bool = True):
+        super().__init__(config, load=load)
         cfg: MusicnnEmbedderConfig = self.config  # type: ignore[assignment]
         self.hop_seconds = cfg.hop_seconds
         self.grid = FrameGrid(cfg.hop_seconds, WINDOW_SECONDS)
-        self.weights_prefix = weights_prefix(cfg)
-        # -- device and model cache: what the torch-embedder base (branch torchbase) will own --
-        from embedders.devices import torch_device
 
-        self.device = torch_device("musicnn", cfg.device)
-        self.batch_size = cfg.batch_size or (64 if self.device.type == "cuda" else 1)
-        key = ("musicnn", *checkpoint_files.file_key(self.weights_prefix + ".index"), cfg.model, str(self.device))
-        if key not in _CACHE:  # one load per process, however often the embedder is rebuilt
-            _CACHE[key] = load_musicnn(cfg.model, self.weights_prefix).to(self.device)
-        self.model = _CACHE[key]
+    # -- weights -----------------------------------------------------------------------------
+    def check_dependencies(self) -> None:
+        _librosa()
+
+    @classmethod
+    def locate_weights(cls, config: EmbedderConfig) -> str:
+        return weights_prefix(config)  # type: ignore[arg-type]
+
+    @classmethod
+    def weights_files(cls, path: str) -> tuple[str, ...]:
+        return checkpoint_files(path)
+
+    def load_model(self, path: str):
+        return load_musicnn(self.config.model, path)  # type: ignore[attr-defined]
 
     # -- self-description ------------------------------------------------------------------
     @classmethod
@@ -195,23 +213,9 @@ class MusicnnEmbedder(Embedder):
         return LAYERS[config.layer]  # type: ignore[attr-defined]
 
     @classmethod
-    def hash_config(cls, config: EmbedderConfig) -> str:
-        """Also the weights' digest: other weights under the same name give a new hash."""
-        base = super().hash_config(config)
-        return hashlib.sha256(f"{base}:{weights_digest(weights_prefix(config))}".encode()).hexdigest()[:16]  # type: ignore[arg-type]
-
-    @classmethod
-    def describe_config(cls, config: EmbedderConfig) -> dict[str, Any]:
-        from importlib.metadata import PackageNotFoundError, version
-
-        out = super().describe_config(config)
-        prefix = weights_prefix(config)  # type: ignore[arg-type]
-        out.update(window_seconds=WINDOW_SECONDS, weights=os.path.abspath(prefix), weights_sha256=weights_digest(prefix),
-                   licence="ISC (musicnn by Jordi Pons: code and weights)")
-        try:
-            out["musicnn_version"] = version("musicnn")
-        except PackageNotFoundError:
-            out["musicnn_version"] = None
+    def describe_config(cls, config: EmbedderConfig, *, cuda: bool | None = None) -> dict[str, Any]:
+        out = super().describe_config(config, cuda=cuda)
+        out.update(window_seconds=WINDOW_SECONDS, licence="ISC (musicnn by Jordi Pons: code and weights)")
         if config.layer == "taggram":  # type: ignore[attr-defined]
             out["columns"] = tag_labels(config.model)  # type: ignore[attr-defined]
         return out
@@ -222,35 +226,31 @@ class MusicnnEmbedder(Embedder):
         n_frames = self.grid.n_frames(n_samples / SAMPLE_RATE)
         return np.floor(np.arange(n_frames) * self.hop_seconds * SAMPLE_RATE / FFT_HOP + 0.5).astype(np.int64)
 
-    def item_log_mel(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(log-mel (F, 96), patch starts (T,)) of one waveform, zero-padded so every patch is whole."""
-        x = np.asarray(audio, dtype=np.float32)
-        if x.ndim != 1:
-            raise ValueError(f"musicnn expects a mono 1-D waveform at {SAMPLE_RATE} Hz, got shape {x.shape}")
-        if x.size == 0:
-            raise EmptyInputError(None, "zero-length audio")
-        if not np.isfinite(x).all():
-            raise AudioDecodeError(None, "audio contains NaN or infinite samples")
+    def prepare(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(log-mel (F, 96) float32, patch starts (T,)) of one waveform, zero-padded so every patch is
+        whole; CPU only. Raises ValueError (not 1-D), EmptyInputError, AudioDecodeError (NaN/inf)."""
+        x = validate_waveform(self.name, audio, SAMPLE_RATE)
         starts = self.patch_starts(x.size)
         needed = (int(starts[-1]) + PATCH_FRAMES - 1) * FFT_HOP  # librosa gives 1 + n // 256 centred frames
         if x.size < needed:
             x = np.concatenate([x, np.zeros(needed - x.size, dtype=np.float32)])
         return log_mel(x), starts
 
-    def _forward(self, patches: np.ndarray) -> np.ndarray:
+    def _forward_patches(self, patches: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
-            out = self.model(torch.from_numpy(patches).to(self.device))
-        return out[self.config.layer].float().cpu().numpy()  # type: ignore[attr-defined]
+        batch = self.to_device(torch.from_numpy(patches))  # (B, 187, 96)
+        with self.inference():
+            return self.model(batch)[self.config.layer].float().cpu().numpy()  # type: ignore[attr-defined]
 
-    def embed(self, items: Sequence[np.ndarray]) -> list[np.ndarray]:
-        prepared = [self.item_log_mel(a) for a in items]  # validates every item before any forward pass
+    def forward(self, prepared: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """Prepared items -> (T_i, dim) per item; the patches of consecutive items share passes of
+        ``batch_size``, so at most that many patches are on the device at once."""
         jobs = [(i, int(s)) for i, (_, starts) in enumerate(prepared) for s in starts]
         out = np.empty((len(jobs), self.dim), dtype=np.float32)
-        for begin in range(0, len(jobs), self.batch_size):  # patches of consecutive items share passes
+        for begin in range(0, len(jobs), self.batch_size):
             chunk = jobs[begin:begin + self.batch_size]
-            out[begin:begin + len(chunk)] = self._forward(np.stack([prepared[i][0][s:s + PATCH_FRAMES] for i, s in chunk]))
+            out[begin:begin + len(chunk)] = self._forward_patches(
+                np.stack([prepared[i][0][s:s + PATCH_FRAMES] for i, s in chunk]))
         bounds = np.cumsum([0] + [len(starts) for _, starts in prepared])
-        return [self.check_output(None, out[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-
+        return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
