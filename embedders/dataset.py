@@ -1,7 +1,9 @@
 """A paired dataset on disk: ``<data_root>/raw/<dataset>/info.csv`` plus the files it names.
 
 info.csv needs ``id,audio_filename,midi_filename``; every other column is kept with its type.
-Paths are relative to the dataset folder and must stay inside it. Validation collects every
+Paths are relative to the dataset folder and must stay inside it. An empty path means the recording
+lacks that medium (e.g. MIDI-only rows of the Groove MIDI Dataset): it is returned as "" and the
+other medium is still used; a row with neither path is refused. Validation collects every
 problem before any work starts, naming the offending rows (1-based line numbers of the file).
 """
 
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -88,9 +89,14 @@ def read_info_csv(root) -> pd.DataFrame:
     line = pd.Series(range(2, len(info) + 2), index=info.index)  # header is line 1
     for column in REQUIRED_COLUMNS:
         info[column] = info[column].str.strip()
-        empty = info[column].isna() | (info[column] == "")
-        if empty.any():
-            problems.append(f"empty {column} on line(s) {_line_list(line[empty])}")
+    empty_id = info["id"].isna() | (info["id"] == "")
+    if empty_id.any():
+        problems.append(f"empty id on line(s) {_line_list(line[empty_id])}")
+    for column in PATH_COLUMNS:  # an empty path: the recording has no such medium
+        info[column] = info[column].fillna("")
+    neither = (info["audio_filename"] == "") & (info["midi_filename"] == "")
+    if neither.any():
+        problems.append(f"neither audio_filename nor midi_filename on line(s) {_line_list(line[neither])}")
     dup = info["id"].notna() & info["id"].duplicated(keep=False)
     if dup.any():
         groups = info[dup].groupby("id").apply(lambda g: _line_list(line[g.index]), include_groups=False)
@@ -128,10 +134,3 @@ def package_versions(names=("numpy", "pandas", "pyarrow", "h5py", "soundfile", "
         except PackageNotFoundError:
             continue
     return out
-
-
-def relative_to_cwd(path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)

@@ -48,10 +48,13 @@ def test_duplicate_ids_name_their_lines(tmp_path):
 
 
 def test_empty_id_and_path(tmp_path):
-    root = write_info(tmp_path / "ds", [row("a"), {"id": "", "audio_filename": "x.wav", "midi_filename": ""}])
+    root = write_info(tmp_path / "ds", [row("a"), {"id": "", "audio_filename": "x.wav", "midi_filename": ""},
+                                        {"id": "c", "audio_filename": "", "midi_filename": ""}])
     with pytest.raises(InfoCsvError) as err:
         read_info_csv(root)
-    assert "empty id on line(s) 3" in str(err.value) and "empty midi_filename on line(s) 3" in str(err.value)
+    # an empty path alone is valid (that medium is absent); no id, or no path at all, is not
+    assert "empty id on line(s) 3" in str(err.value) and "neither audio_filename nor midi_filename on line(s) 4" in str(err.value)
+    assert "line(s) 3, 4" not in str(err.value)
 
 
 @pytest.mark.parametrize("bad, reason", [
