@@ -113,3 +113,19 @@ def test_pretrained_cost_bench(tmp_path):
     assert r["openl3"]["by_batch_size"]["1"]["windows_per_call"] == 4  # 2 s at the 0.5 s hop
     assert r["clap"]["by_batch_size"]["4"]["audio_seconds_per_call"] == 8  # one 10 s window per 2 s copy
     assert all(row["cpu_s_per_file"] > 0 and row["files_per_call"] == 2 for row in r["clamp"]["by_batch_size"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.bench
+def test_scale_write_bench():
+    """Both write paths at two tiny sizes: the old one (git archive arch) sends every embedding to
+    the driver, the new one none; the byte counts follow from rows x (frames + 1) x dim x 4."""
+    r = bench("scale_write.py", "--sizes", "8,16", "--frames", "3", "--dim", "32", "--num_cpus", "2", timeout=1200)
+    for path in ("old", "new"):
+        for rows in ("8", "16"):
+            run = r["paths"][path][rows]
+            assert run["rows_done"] == int(rows) and run["embedding_bytes_written"] == int(rows) * 4 * 32 * 4
+            assert run["rows_per_s"] > 0 and run["driver_peak_rss_mb"] > 0
+    assert r["paths"]["old"]["16"]["driver_embedding_bytes"] == 16 * 3 * 32 * 4  # the sequences came to the driver
+    assert r["checks"]["driver_bytes_fraction_max"] == 0.0
+    assert set(r["checks"]["rows_per_s_new_over_old"]) == {"8", "16"}

@@ -8,8 +8,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from embedders.store.h5 import load, load_pair
-from embedders.store.parts import ShardWriter, part_files
+from embedders.store.parts import part_files
+from embedders.store.reader import load, load_pair
 from ray_jobs.generate_embeddings import job as generate_embeddings
 from tests.factory import make_dataset, write_wav
 
@@ -29,14 +29,10 @@ def bad_rows(root):
     (root / "midi" / "corrupt.mid").write_bytes(b"MThd garbage")
     (root / "midi" / "nonotes.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x01\xe0")
     ok_wav, ok_mid = "audio/rec0.wav", "midi/rec0.mid"
-    return [
-        {"id": "silent", "audio_filename": "audio/silent.wav", "midi_filename": ok_mid, "style": "x", "bpm": 1, "split": "train"},
-        {"id": "empty", "audio_filename": "audio/empty.wav", "midi_filename": ok_mid, "style": "x", "bpm": 1, "split": "train"},
-        {"id": "badwav", "audio_filename": "audio/corrupt.wav", "midi_filename": ok_mid, "style": "x", "bpm": 1, "split": "train"},
-        {"id": "badmid", "audio_filename": ok_wav, "midi_filename": "midi/corrupt.mid", "style": "x", "bpm": 1, "split": "train"},
-        {"id": "nonotes", "audio_filename": ok_wav, "midi_filename": "midi/nonotes.mid", "style": "x", "bpm": 1, "split": "train"},
-        {"id": "missing", "audio_filename": "audio/nope.wav", "midi_filename": "midi/nope.mid", "style": "x", "bpm": 1, "split": "train"},
-    ]
+    rows = [("silent", "audio/silent.wav", ok_mid), ("empty", "audio/empty.wav", ok_mid), ("badwav", "audio/corrupt.wav", ok_mid),
+            ("badmid", ok_wav, "midi/corrupt.mid"), ("nonotes", ok_wav, "midi/nonotes.mid"),
+            ("missing", "audio/nope.wav", "midi/nope.mid")]
+    return [{"id": i, "audio_filename": a, "midi_filename": m, "style": "x", "bpm": 1, "split": "train"} for i, a, m in rows]
 
 
 @pytest.fixture
@@ -83,32 +79,36 @@ def test_bad_files_are_recorded_and_the_rest_is_paired(ray_session, toy, capsys)
     assert "failed badwav [decode] AudioDecodeError" in out and "audio_embeddings" in out
 
 
+def stored_ids(emb, medium, name):
+    parts = part_files(emb, medium, name)
+    return [i for p in parts for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
+
+
 def test_resume_after_interruption_gives_every_id_once(ray_session, toy, monkeypatch):
-    parts_before_crash = []
-    real_flush = ShardWriter.flush
+    """The driver stops (Ctrl-C) once the first result rows arrive: the parts the workers committed
+    by then are kept, and the rerun embeds exactly the rest."""
+    real_take = generate_embeddings.MediumRun.take
 
-    def flush_then_die(self):
-        real_flush(self)
-        parts_before_crash.append(self.parts_written)
-        if self.parts_written >= 1:
-            raise KeyboardInterrupt("simulated kill after the first part")
+    def take_then_die(self, batch):
+        real_take(self, batch)
+        raise KeyboardInterrupt("simulated kill after the first results")
 
-    monkeypatch.setattr(ShardWriter, "flush", flush_then_die)
+    monkeypatch.setattr(generate_embeddings.MediumRun, "take", take_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(toy, "--rows_per_part", "2")
-    monkeypatch.setattr(ShardWriter, "flush", real_flush)
+    monkeypatch.setattr(generate_embeddings.MediumRun, "take", real_take)
     emb = toy / "embeddings" / "toy"
-    # one pass embeds both media, so the one part written may hold either medium's rows
-    assert len(part_files(emb, A, "melstats")) + len(part_files(emb, S, "pianoroll")) == 1
+    before = {A: set(stored_ids(emb, A, "melstats")), S: set(stored_ids(emb, S, "pianoroll"))}
+    assert 0 < len(before[A]) + len(before[S]) < 13  # the first results were committed, not all of them
     assert not (emb / "embeddings.h5").exists()
 
     assert run(toy, "--rows_per_part", "2") == 0
     summary = pd.read_json(emb / "summary.json", typ="series")
-    assert sorted(summary["media"][m]["skipped"] for m in (A, S)) == [0, 2]
+    assert {m: summary["media"][m]["skipped"] for m in (A, S)} == {m: len(before[m]) for m in (A, S)}
     assert summary["media"][A]["skipped"] + summary["media"][A]["done"] == 6
     assert summary["media"][S]["skipped"] + summary["media"][S]["done"] == 7
     for medium, name in ((A, "melstats"), (S, "pianoroll")):
-        ids = pq.read_table(emb / "parquet" / medium / name, columns=["id"]).column("id").to_pylist()
+        ids = stored_ids(emb, medium, name)
         assert len(ids) == len(set(ids)), f"{medium} has duplicate ids after resume"
     # a third run does nothing new and keeps the same store
     assert run(toy) == 0
@@ -152,6 +152,8 @@ def test_unknown_embedder_and_option_fail_fast(ray_session, toy, capsys):
     assert run(toy, "--audio_embedder", "pianoroll") == 2
     assert "is a symbolic embedder" in capsys.readouterr().err
     assert run(toy, "--symbolic_option", "bogus=1") == 2
+    assert run(toy, "--rows_per_part", "0") == 2
+    assert "--rows_per_part must be at least 1" in capsys.readouterr().err
 
 
 def test_nothing_embedded_exits_nonzero(ray_session, tmp_path):
@@ -171,3 +173,85 @@ def test_pretrained_midi_transformer_through_the_job(ray_session, toy, tmp_path_
     assert list(emb.ids) == ["rec0", "rec1", "rec2", "rec3", "silent", "empty", "badwav"]
     assert all(e.shape[1] == 32 and e.dtype == np.float32 for e in emb.embeddings)
     assert '"checkpoint_sha256"' in emb.attrs["group.description"]
+
+
+def test_rows_without_one_medium_are_embedded_in_the_other(ray_session, tmp_path):
+    """Groove-MIDI-shaped rows: an empty audio_filename (midi_filename) means no audio (MIDI)."""
+    root = make_dataset(tmp_path / "raw" / "toy", n=4)
+    info = pd.read_csv(root / "info.csv")
+    info.loc[1, "audio_filename"] = None   # rec1: MIDI only
+    info.loc[2, "midi_filename"] = None    # rec2: audio only
+    info.to_csv(root / "info.csv", index=False)
+    assert run(tmp_path) == 0
+    emb = tmp_path / "embeddings" / "toy"
+    errors = pd.read_parquet(emb / "errors.parquet")
+    assert sorted(zip(errors["id"], errors["medium"], errors["stage"], errors["error_type"])) == [
+        ("rec1", A, "input", "AbsentMedium"), ("rec2", S, "input", "AbsentMedium")]
+    assert errors.set_index("id").loc["rec1", "message"].startswith("info.csv has no audio_filename")
+    summary = pd.read_json(emb / "summary.json", typ="series")
+    assert {m: (c["absent"], c["failed"], c["done"]) for m, c in summary["media"].items()} == {A: (1, 0, 3), S: (1, 0, 3)}
+    with h5py.File(emb / "embeddings.h5") as f:
+        assert f[f"{A}/melstats/valid"][...].tolist() == [1, 0, 1, 1]
+        assert f[f"{S}/pianoroll/valid"][...].tolist() == [1, 1, 0, 1]
+    for source in (emb / "embeddings.h5", emb):  # the consolidated file and the store folder agree
+        pair = load_pair(source)
+        assert list(pair.ids) == ["rec0", "rec3"] and pair.counts["dropped"] == 2
+    # a rerun has nothing to do: absent rows are not retried, and stay listed
+    assert run(tmp_path) == 0
+    summary = pd.read_json(emb / "summary.json", typ="series")
+    assert {m: (c["absent"], c["skipped"], c["done"]) for m, c in summary["media"].items()} == {A: (1, 3, 0), S: (1, 3, 0)}
+    assert len(pd.read_parquet(emb / "errors.parquet")) == 2
+
+
+def test_driver_gets_small_rows_and_h5_none_leaves_the_folder_to_read(ray_session, monkeypatch, tmp_path):
+    """Workers commit the embeddings; the driver sees only RESULT_COLUMNS, without a float array.
+    With --h5 none no embeddings.h5 is written, and the downstream jobs read the folder."""
+    from ray_jobs.compare_embeddings import job as compare_embeddings
+    from ray_jobs.generate_embeddings.pipeline import RESULT_COLUMNS
+    from ray_jobs.train_classifier import job as train_classifier
+
+    seen = []
+    real_take = generate_embeddings.MediumRun.take
+
+    def spy(self, batch):
+        seen.append({k: np.asarray(v).dtype for k, v in batch.items()})
+        real_take(self, batch)
+
+    monkeypatch.setattr(generate_embeddings.MediumRun, "take", spy)
+    toy = tmp_path / "data"
+    make_dataset(toy / "raw" / "toy", n=24, seconds=1.0)  # compare_embeddings needs >= 20 pairs
+    assert run(toy, "--h5", "none") == 0
+    assert seen and all(set(b) == set(RESULT_COLUMNS) for b in seen)
+    assert all(dtype.kind in "Oi" for b in seen for dtype in b.values())  # ids, texts, frame counts: no embeddings
+    emb = toy / "embeddings" / "toy"
+    assert not (emb / "embeddings.h5").exists()
+    assert pd.read_json(emb / "summary.json", typ="series")["h5_path"] is None
+
+    out = {}
+    for name, source in (("folder", emb), ("h5", None)):
+        if source is None:  # the same store, consolidated by a rerun that embeds nothing
+            assert run(toy) == 0
+            source = emb / "embeddings.h5"
+        assert compare_embeddings.main(["--h5_path", str(source), "--output_dir", str(tmp_path / name), "--label", "style",
+                                        "--n_permutations", "9", "--n_boot", "9"]) == 0
+        out[name] = pd.read_json(tmp_path / name / "metrics.json", typ="series")
+        assert train_classifier.main(["--h5_path", str(source), "--medium", A, "--label", "style", "--num_epochs", "2",
+                                      "--split_column", "none", "--save_dir", str(tmp_path / f"clf_{name}")]) == 0
+    assert out["folder"]["counts"] == out["h5"]["counts"]
+    assert out["folder"]["spaces"]["metrics"]["linear_cka"]["value"] == \
+        pytest.approx(out["h5"]["spaces"]["metrics"]["linear_cka"]["value"], rel=1e-6)
+
+
+def test_gpu_layout_pipeline_commits_parts_on_cpu_too(ray_session, tmp_path):
+    """The --num_gpus layout (decode tasks, then a pool of PartsActor), run with CPU actors."""
+    from ray_jobs.generate_embeddings.pipeline import MediumSpec, PartTarget, build_dataset
+
+    root = make_dataset(tmp_path / "raw" / "toy", n=3, seconds=1.0)
+    spec = MediumSpec(S, "midi_filename", "pianoroll", {}, None)
+    store = tmp_path / "store"
+    rows = [{"id": f"rec{k}", "path": f"midi/rec{k}.mid"} for k in range(3)] + [{"id": "gone", "path": "midi/gone.mid"}]
+    ds = build_dataset(rows, spec, PartTarget(str(store), "h", {}, 256, 2), str(root), max_actors=1, num_gpus=0)
+    out = pd.concat([pd.DataFrame(b) for b in ds.iter_batches(batch_size=None, batch_format="numpy")])
+    assert sorted(zip(out["id"], out["status"])) == [("gone", "failed"), ("rec0", "done"), ("rec1", "done"), ("rec2", "done")]
+    assert sorted(stored_ids(store, S, "pianoroll")) == ["rec0", "rec1", "rec2"]
+    assert len(part_files(store, S, "pianoroll")) == 2  # one part per embedding batch of 2

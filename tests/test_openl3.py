@@ -316,7 +316,7 @@ def test_embed_actor_builds_it_from_job_options(weights):
 @needs_torchopenl3
 def test_through_the_embedding_job(ray_session, tmp_path, weights, embedder):
     from embedders.io import decode_audio
-    from embedders.store.h5 import load
+    from embedders.store.reader import load
     from ray_jobs.generate_embeddings import job as generate_embeddings
     from tests.factory import make_dataset
 

@@ -20,18 +20,20 @@ from embedders.base import ConfigError, MissingFileError
 from embedders.dataset import InfoCsvError, info_hash, read_info_csv, unsafe_path_reason
 from embedders.io import read_bytes
 from embedders.store import filesystem as fs
+from embedders.store import locations
 from embedders.store.parts import (
     ShardWriter,
     StoreError,
-    check_shard_config,
-    completed_ids,
-    iter_shard_rows,
+    iter_part_batches,
+    part_description,
     part_files,
+    prepare_medium,
     read_errors,
-    remove_shards,
-    shard_description,
+    read_parquet,
+    read_parquet_schema,
     stored_embedders,
     write_errors,
+    write_parquet,
 )
 from tests.factory import make_dataset
 
@@ -71,9 +73,9 @@ def s3():
         import pyarrow.fs as pafs
 
         pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], allow_bucket_creation=True).create_dir(BUCKET)
-        fs._remote_filesystem.cache_clear()
+        locations._remote_filesystem.cache_clear()
         yield env
-        fs._remote_filesystem.cache_clear()
+        locations._remote_filesystem.cache_clear()
     server.stop()
 
 
@@ -152,10 +154,10 @@ def test_files_folders_and_missing_things(root):
 def test_parquet_round_trip(root):
     table = pa.table({"id": ["a", "b"], "v": [1.5, 2.5]}).replace_schema_metadata({b"k": b"v"})
     path = fs.join(root, "t", "part-1.parquet")
-    fs.write_parquet(table, path)
-    assert fs.read_parquet(path).equals(table)
-    assert fs.read_parquet(path, columns=("v",)).column_names == ["v"]
-    assert fs.read_parquet_schema(path).metadata[b"k"] == b"v"
+    write_parquet(table, path)
+    assert read_parquet(path).equals(table)
+    assert read_parquet(path, columns=("v",)).column_names == ["v"]
+    assert read_parquet_schema(path).metadata[b"k"] == b"v"
 
 
 def test_local_copies_and_outputs(root):
@@ -235,17 +237,18 @@ def test_store_shards_and_errors_on_every_kind_of_root(root):
     writer.flush()
     assert writer.parts_written == 2 and len(part_files(emb, A, "melstats")) == 2
     assert stored_embedders(emb, A) == ["melstats"] and stored_embedders(emb, "symbolic_embeddings") == []
-    assert completed_ids(emb, A, "melstats", "hash1") == {"r0", "r1", "r2"}
-    assert shard_description(emb, A, "melstats")["config_hash"] == "hash1"
-    rows = list(iter_shard_rows(emb, A, "melstats"))
+    assert prepare_medium(emb, A, "melstats", "hash1").done_ids == {"r0", "r1", "r2"}
+    assert part_description(emb, A, "melstats")["config_hash"] == "hash1"
+    rows = list(iter_part_batches(emb, A, "melstats"))
     assert sorted(i for part in rows for i in part["id"]) == ["r0", "r1", "r2"]
     with pytest.raises(StoreError, match="--overwrite"):
-        check_shard_config(emb, A, "melstats", "hash2")
+        prepare_medium(emb, A, "melstats", "hash2")
     write_errors(emb, [{"id": "r9", "medium": A, "embedder": "melstats", "stage": "decode",
                         "error_type": "MissingFileError", "message": "gone"}])
     assert [e["id"] for e in read_errors(emb)] == ["r9"]
     assert write_errors(emb, [], resolved=[("r9", A, "melstats")]) == 0
-    assert remove_shards(emb, A, "melstats") == 2 and part_files(emb, A, "melstats") == []
+    assert prepare_medium(emb, A, "melstats", "hash2", overwrite=True).removed_parts == 2
+    assert part_files(emb, A, "melstats") == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,20 +324,6 @@ def test_prepare_dataset_tasks_write_straight_to_s3(s3):
     assert prep.load_done(dataset, work.id, "other-settings") is None
     fs.remove(fs.join(dataset, record["audio_filename"]))
     assert prep.load_done(dataset, work.id, "h1") is None  # a missing file means: build it again
-
-
-def test_copy_tree_between_kinds_of_location(root, tmp_path):
-    local = make_dataset(tmp_path / "ds", n=2)
-    assert fs.copy_tree(local, fs.join(root, "ds"), exclude=("audio/*",)) == (3, 0)  # info.csv, 2 MIDI
-    assert not fs.exists(fs.join(root, "ds", "audio", "rec0.wav"))
-    assert fs.read_bytes(fs.join(root, "ds", "midi", "rec1.mid")) == (local / "midi" / "rec1.mid").read_bytes()
-    back = tmp_path / "back"
-    assert fs.copy_tree(fs.join(root, "ds"), back) == (3, 0)
-    assert fs.copy_tree(fs.join(root, "ds"), back) == (0, 3)  # a rerun copies nothing again
-    assert sorted(p.relative_to(back).as_posix() for p in back.rglob("*") if p.is_file()) == \
-        ["info.csv", "midi/rec0.mid", "midi/rec1.mid"]
-    with pytest.raises(FileNotFoundError, match="no folder"):
-        fs.copy_tree(fs.join(root, "nope"), back)
 
 
 @pytest.mark.slow

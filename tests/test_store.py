@@ -5,17 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embedders.store.h5 import consolidate, export_legacy, list_embedders, load, load_pair
+from embedders.store import parts
+from embedders.store.h5 import consolidate, export_legacy
 from embedders.store.legacy import LegacyFormatError
-from embedders.store.parts import (
-    ShardWriter,
-    StoreError,
-    check_shard_config,
-    completed_ids,
-    read_errors,
-    remove_shards,
-    write_errors,
-)
+from embedders.store.parts import ShardWriter, StoreError, prepare_medium, read_errors, write_errors, write_metadata
+from embedders.store.reader import describe, list_embedders, load, load_pair
 
 A, S = "audio_embeddings", "symbolic_embeddings"
 
@@ -36,12 +30,14 @@ def seq_for(item_id, dim, medium):
     return (base + np.arange(frames * dim, dtype=np.float32).reshape(frames, dim) / 1000).astype(np.float32)
 
 
-def write_store(emb_dir, info, ids_by_medium, dims={A: 4, S: 3}, rows_per_part=2, order=None):
+def write_store(emb_dir, info, ids_by_medium, dims=None, rows_per_part=2, order=None):
+    dims = dims or {A: 4, S: 3}
     for medium, ids in ids_by_medium.items():
         writer = ShardWriter(emb_dir, medium, "emb_" + medium[:3], "hash1", {"embedder": "emb_" + medium[:3]}, rows_per_part)
         for item_id in (order or (lambda x: x))(list(ids)):
             writer.add(item_id, seq_for(item_id, dims[medium], medium))
         writer.flush()
+    write_metadata(emb_dir, info, {"dataset": "t", "versions": {"x": "1"}})
     return consolidate(emb_dir, info, emb_dir / "embeddings.h5", provenance={"dataset": "t", "versions": {"x": "1"}})
 
 
@@ -111,12 +107,13 @@ def test_resume_state_and_config_guard(tmp_path):
     w.add("r0", np.ones((1, 2), np.float32))
     w.add("r1", np.ones((1, 2), np.float32))
     assert w.parts_written == 2
-    assert completed_ids(tmp_path, A, "e", "h1") == {"r0", "r1"}
-    assert completed_ids(tmp_path, A, "e", "other") == set()
+    state = prepare_medium(tmp_path, A, "e", "h1")
+    assert state.done_ids == {"r0", "r1"} and state.parts == 2 and state.removed_parts == 0
+    assert prepare_medium(tmp_path, A, "other_embedder", "h1").done_ids == set()
     with pytest.raises(StoreError, match="another config.*--overwrite"):
-        check_shard_config(tmp_path, A, "e", "h2")
-    assert remove_shards(tmp_path, A, "e") == 2
-    check_shard_config(tmp_path, A, "e", "h2")
+        prepare_medium(tmp_path, A, "e", "h2")
+    assert prepare_medium(tmp_path, A, "e", "h2", overwrite=True).removed_parts == 2
+    assert prepare_medium(tmp_path, A, "e", "h2").done_ids == set()
 
 
 def test_no_temporary_files_left(tmp_path):
@@ -137,8 +134,9 @@ def test_duplicate_rows_in_shards_are_written_once(tmp_path):
 
 
 def test_errors_table_merge(tmp_path):
-    err = lambda i, m="audio_embeddings", e="x": {"id": i, "medium": m, "embedder": e, "stage": "decode",
-                                                  "error_type": "MissingFileError", "message": "gone"}
+    def err(i, m="audio_embeddings", e="x"):
+        return {"id": i, "medium": m, "embedder": e, "stage": "decode", "error_type": "MissingFileError", "message": "gone"}
+
     assert write_errors(tmp_path, [err("a"), err("b"), err("c", e="y")]) == 3
     assert write_errors(tmp_path, [err("d")], resolved=[("a", "audio_embeddings", "x")]) == 3
     assert sorted(r["id"] for r in read_errors(tmp_path)) == ["b", "c", "d"]
@@ -175,3 +173,101 @@ def test_legacy_reader_rejects_rows_without_id(tmp_path):
 def test_missing_file_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="generate_embeddings"):
         load(tmp_path / "nope.h5", A)
+
+
+# ---------------------------------------------------------------------------------------------
+# The store folder read directly, and how parts are written and resumed
+# ---------------------------------------------------------------------------------------------
+def assert_same_set(a, b):
+    assert list(a.ids) == list(b.ids) and a.embedder == b.embedder and (a.n_total, a.n_invalid) == (b.n_total, b.n_invalid)
+    pd.testing.assert_frame_equal(a.metadata, b.metadata, check_dtype=False, check_like=True)  # h5 sorts columns
+    if isinstance(a.embeddings, np.ndarray):
+        np.testing.assert_array_equal(a.embeddings, b.embeddings)
+    else:
+        assert len(a.embeddings) == len(b.embeddings)
+        for x, y in zip(a.embeddings, b.embeddings):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_store_folder_reads_like_the_consolidated_file(tmp_path):
+    info = info_frame()
+    write_store(tmp_path, info, {A: ["r4", "r0", "r2", "r3"], S: ["r2", "r1", "r0", "r4"]})
+    # a row stored twice (committed just before a kill, then redone) is read once
+    w = ShardWriter(tmp_path, A, "emb_aud", "hash1", {})
+    w.add("r2", seq_for("r2", 4, A) + 1)
+    w.flush()
+    h5 = tmp_path / "embeddings.h5"
+    consolidate(tmp_path, info, h5, provenance={"dataset": "t", "versions": {"x": "1"}})
+    for medium in (A, S):
+        for kind in ("average", "sequence"):
+            assert_same_set(load(tmp_path, medium, embedding_type=kind), load(h5, medium, embedding_type=kind))
+    folder_avg = load(tmp_path, A)
+    assert list(folder_avg.ids) == ["r0", "r2", "r3", "r4"]  # r2 once (either copy: a redo gives the same rows)
+    assert folder_avg.n_invalid == 1 and folder_avg.metadata["bpm"].dtype.kind == "f"
+    assert list(load(tmp_path, A, label="style").labels) == ["jazz", "jazz", "rock"]
+    pair_f, pair_h = load_pair(tmp_path, label="bpm"), load_pair(h5, label="bpm")
+    assert list(pair_f.ids) == list(pair_h.ids) == ["r0", "r2", "r4"] and pair_f.counts == pair_h.counts
+    assert list_embedders(tmp_path) == list_embedders(h5) == {A: ["emb_aud"], S: ["emb_sym"]}
+    assert describe(tmp_path)["dataset"] == describe(h5)["dataset"] == "t"
+    assert '"x": "1"' in describe(tmp_path)["versions"]
+    # the legacy export is the same from either form
+    export_legacy(h5, tmp_path / "from_h5.h5")
+    export_legacy(tmp_path, tmp_path / "from_folder.h5")
+    for kind in ("average", "sequence"):
+        for medium in (A, S):
+            assert_same_set(load(tmp_path / "from_folder.h5", medium, embedding_type=kind),
+                            load(tmp_path / "from_h5.h5", medium, embedding_type=kind))
+
+
+def test_folder_without_metadata_is_refused_by_name(tmp_path):
+    w = ShardWriter(tmp_path, A, "e", "h", {})
+    w.add("r0", np.ones((1, 2), np.float32))
+    w.flush()
+    with pytest.raises(StoreError, match="no metadata.parquet.*rerun python -m ray_jobs.generate_embeddings"):
+        load(tmp_path, A)
+    with pytest.raises(FileNotFoundError, match="no embeddings file or store folder"):
+        load(tmp_path / "nope", A)
+
+
+def test_prepare_medium_reads_each_part_once_and_removes_a_killed_runs_temporaries(tmp_path, monkeypatch):
+    w = ShardWriter(tmp_path, A, "e", "h1", {}, rows_per_part=1)
+    for k in range(3):
+        w.add(f"r{k}", np.ones((2, 2), np.float32))
+    folder = tmp_path / "parquet" / A / "e"
+    (folder / ".part-dead.parquet.0123.tmp").write_bytes(b"half a part")
+    reads = []
+    real_read = parts.read_parquet
+    monkeypatch.setattr(parts, "read_parquet", lambda path, columns=None: reads.append(path) or real_read(path, columns))
+    state = prepare_medium(tmp_path, A, "e", "h1")
+    assert state.done_ids == {"r0", "r1", "r2"} and state.removed_temporary == 1 and state.parts == 3
+    assert sorted(reads) == sorted(folder.glob("part-*.parquet"))  # every part, each once
+    assert not list(folder.glob(".*"))
+
+
+def test_parts_stream_row_group_by_row_group(tmp_path, monkeypatch):
+    """Parts of several row groups (tiny ROW_GROUP_BYTES) consolidate and read back exactly, a few rows at a time."""
+    monkeypatch.setattr(parts, "ROW_GROUP_BYTES", 64)
+    info = info_frame()
+    write_store(tmp_path, info, {A: ["r4", "r0", "r2", "r3", "r1"], S: ["r3"]}, rows_per_part=5)
+    (part,) = parts.part_files(tmp_path, A, "emb_aud")
+    assert parts.pq.ParquetFile(part).num_row_groups == 5  # one row per group: ROW_GROUP_BYTES < a row
+    batches = list(parts.iter_part_batches(tmp_path, A, "emb_aud", batch_rows=2))
+    assert [len(b["id"]) for b in batches] == [2, 2, 1]  # a few rows at a time, not the whole part
+    audio = load(tmp_path / "embeddings.h5", A, embedding_type="sequence")
+    assert list(audio.ids) == ["r0", "r1", "r2", "r3", "r4"]
+    for item_id, frames in zip(audio.ids, audio.embeddings):
+        np.testing.assert_array_equal(frames, seq_for(item_id, 4, A))
+    assert_same_set(load(tmp_path, A, embedding_type="sequence"), audio)
+
+
+def test_a_failed_write_leaves_no_part(tmp_path, monkeypatch):
+    w = ShardWriter(tmp_path, A, "e", "h", {})
+    w.add("r0", np.ones((1, 2), np.float32))
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(parts.pq, "write_table", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        w.flush()
+    assert not list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob("*.tmp"))

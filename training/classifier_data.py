@@ -108,8 +108,8 @@ def _drop(keep: np.ndarray, mask: np.ndarray, dropped: list, reason: str, detail
 def load_task(h5_path, medium: str, label: str, *, embedder: str | None = None, embedding_type: str = "average",
               group_column: str | None = None, task: str = "classification", split_column: str | None = "split",
               seed: int = 0, min_class_size: int = 3) -> TaskData:
-    from embedders.store.h5 import load
     from embedders.store.parts import StoreError
+    from embedders.store.reader import load
 
     try:
         es = load(h5_path, medium, embedder=embedder, embedding_type=embedding_type, label=label)

@@ -1,12 +1,5 @@
-"""Local paths and remote URIs behind one small API, so every job reads and writes either.
-
-A location is a local path (``data``, ``/mnt/x``, ``file:///mnt/x``) or a remote URI
-(``s3://bucket/key``, ``gs://bucket/key``, or any protocol fsspec knows, e.g. ``memory://``).
-Remote URIs go through pyarrow's own filesystems where it has one (S3, GCS, HDFS, Azure), else
-through fsspec wrapped as a pyarrow filesystem. Configuration comes from the environment of each
-process, as in every AWS / GCP client: instance profiles or ``AWS_*`` variables for S3
-(``AWS_ENDPOINT_URL`` points at MinIO or a local test server), application-default credentials
-for GCS. That matters on a cluster: Ray tasks resolve URIs themselves, on their own node.
+"""Reading and writing files at locations (local paths and remote URIs: ``embedders.store.locations``)
+behind one small API, so every job reads and writes either.
 
 Local paths keep their old behaviour exactly (``join`` returns a ``Path``, writes are atomic by
 rename). On object stores an upload becomes visible whole when it completes, which gives the same
@@ -17,127 +10,35 @@ written into a local temporary file and uploaded when it is complete (``local_ou
 from __future__ import annotations
 
 import fnmatch
-import functools
 import os
-import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Union
-from urllib.parse import unquote, urlsplit
+from pathlib import Path, PurePosixPath
 
-from embedders.store.atomic import atomic_path, atomic_write_bytes
+from embedders.store.atomic import atomic_path
+from embedders.store.locations import (
+    OBJECT_STORES,
+    Location,
+    StorageError,
+    is_remote,
+    join,
+    local_path,
+    name,
+    resolve,
+    scheme,
+    unsafe_relative_reason,
+)
 
-Location = Union[str, "os.PathLike[str]"]
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_OBJECT_STORES = ("s3", "gcs")  # pyarrow type names that need no directory markers
-
-
-class StorageError(ValueError):
-    """A location cannot be used: unsupported scheme, query string, missing optional package."""
-
-
-def scheme(location: Location) -> str:
-    """'' for a plain path, else the URI scheme in lower case ('file', 's3', 'gs', ...)."""
-    if isinstance(location, os.PathLike):
-        return ""
-    match = _SCHEME.match(str(location))
-    return match.group(1).lower() if match else ""
-
-
-def is_remote(location: Location) -> bool:
-    """True for URIs that are not ``file://``: they are read and written through a filesystem client."""
-    return scheme(location) not in ("", "file")
-
-
-def local_path(location: Location) -> Path:
-    """The local path of a plain path or a ``file://`` URI."""
-    if scheme(location) == "file":
-        parts = urlsplit(str(location))
-        if parts.netloc not in ("", "localhost"):
-            raise StorageError(f"file:// URI with a host is not a local path: {location}")
-        return Path(unquote(parts.path))
-    if is_remote(location):
-        raise StorageError(f"{location} is a remote URI, not a local path")
-    return Path(location)
-
-
-def join(base: Location, *parts: str) -> Path | str:
-    """``base / part / ...``: a ``Path`` for local bases, a URI string (``/``-separated) for remote ones."""
-    if not is_remote(base):
-        return local_path(base).joinpath(*parts)
-    out = str(base).rstrip("/")
-    for part in parts:
-        part = str(part).replace("\\", "/").strip("/")
-        if part:
-            out = f"{out}/{part}"
-    return out
-
-
-def name(location: Location) -> str:
-    return PurePosixPath(str(location).rstrip("/")).name if is_remote(location) else local_path(location).name
-
-
-def unsafe_relative_reason(relative: str) -> str | None:
-    """Why ``relative`` may not be joined under a dataset root, judged on the text alone, else None.
-
-    Absolute paths (POSIX, Windows, drive letters), ``..`` segments and URIs are refused: the first
-    two leave the root, a URI names another location altogether. Local roots additionally refuse
-    symbolic links that leave the root (``embedders.dataset.unsafe_path_reason``); object stores
-    have no links, so for them this check is the whole check.
-    """
-    if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).is_absolute() or PureWindowsPath(relative).drive:
-        return "is an absolute path"
-    if _SCHEME.match(relative) or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", relative):
-        return "is a URI, not a path relative to the dataset folder"
-    if ".." in PurePosixPath(relative.replace("\\", "/")).parts:
-        return "contains '..'"
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Filesystems
-# ---------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=64)
-def _remote_filesystem(uri_scheme: str, netloc: str):
-    """One filesystem per (scheme, bucket) and process: S3 resolves the bucket's region once."""
-    import pyarrow as pa
-    import pyarrow.fs as pafs
-
-    try:
-        fs, _ = pafs.FileSystem.from_uri(f"{uri_scheme}://{netloc}")
-        return fs, None
-    except pa.ArrowInvalid as exc:
-        if "Unrecognized filesystem type" not in str(exc):
-            raise
-    try:
-        import fsspec
-    except ImportError:
-        raise StorageError(f"pyarrow has no filesystem for {uri_scheme}:// and fsspec is not installed "
-                           "(pip install fsspec plus the protocol's package)") from None
-    try:
-        spec_fs = fsspec.filesystem(uri_scheme)
-    except (ImportError, ValueError) as exc:
-        raise StorageError(f"no filesystem for {uri_scheme}://: {exc}") from None
-    return pafs.PyFileSystem(pafs.FSSpecHandler(spec_fs)), spec_fs
-
-
-def resolve(location: Location):
-    """(pyarrow filesystem, path inside it) for a local path or a URI."""
-    import pyarrow.fs as pafs
-
-    if not is_remote(location):
-        return pafs.LocalFileSystem(), str(local_path(location).absolute())
-    parts = urlsplit(str(location))
-    if parts.query or parts.fragment:
-        raise StorageError(f"{location}: query strings are not supported; configure the client through its "
-                           "environment (e.g. AWS_ENDPOINT_URL, AWS_REGION)")
-    fs, spec_fs = _remote_filesystem(parts.scheme.lower(), parts.netloc)
-    path = spec_fs._strip_protocol(str(location)) if spec_fs is not None else parts.netloc + parts.path
-    return fs, path.rstrip("/") or path
-
+# Callers use one name for both modules (``fs.join``, ``fs.read_bytes``): the location names are re-exported.
+__all__ = [
+    "Location", "StorageError", "scheme", "is_remote", "local_path", "join", "name", "unsafe_relative_reason", "resolve",
+    "exists", "is_file", "file_size", "read_bytes", "write_bytes", "remove", "glob", "list_dirs", "atomic_output",
+    "remove_temporary_files", "TEMPORARY_GLOB", "download", "upload", "local_copy", "local_output_dir", "stage_root",
+    "cached_file", "staged_dir", "local_output_file", "display",
+]
 
 def _info(location: Location):
     fs, path = resolve(location)
@@ -184,18 +85,14 @@ def read_bytes(location: Location) -> bytes:
 
 
 def write_bytes(location: Location, data: bytes) -> None:
-    """Write a whole file: atomically by rename locally, as one upload remotely."""
-    if not is_remote(location):
-        atomic_write_bytes(local_path(location), data)
-        return
-    fs, path = resolve(location)
-    _make_parent(fs, path)
-    with fs.open_output_stream(path) as fh:
-        fh.write(data)
+    """Write a whole file: atomically by rename locally, as one upload remotely (``atomic_output``)."""
+    with atomic_output(location) as (fs, path):
+        with fs.open_output_stream(path) as fh:
+            fh.write(data)
 
 
 def _make_parent(fs, path: str) -> None:
-    if fs.type_name not in _OBJECT_STORES:  # object stores have no directories to create
+    if fs.type_name not in OBJECT_STORES:  # object stores have no directories to create
         fs.create_dir(str(PurePosixPath(path).parent), recursive=True)
 
 
@@ -233,36 +130,48 @@ def list_dirs(directory: Location) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Parquet
+# Whole-file writes
 # ---------------------------------------------------------------------------------------------
-def write_parquet(table, location: Location) -> None:
-    import pyarrow.parquet as pq
+TEMPORARY_GLOB = ".*.tmp"  # what atomic_output writes before its rename (see embedders.store.atomic)
+
+
+@contextmanager
+def atomic_output(location: Location) -> Iterator[tuple]:
+    """(pyarrow filesystem, path) to write one whole file that appears at ``location`` only when complete.
+
+    Local paths, and remote filesystems that can rename (HDFS, fsspec's memory://), get a temporary
+    sibling ``.<name>.<hex>.tmp`` that is renamed over ``location`` when the block exits cleanly and
+    removed when it raises; a writer killed inside the block leaves it behind, for
+    ``remove_temporary_files`` to delete. On object stores (S3, GCS) the path is ``location`` itself:
+    an upload becomes visible only once it is complete, so closing the stream is the commit.
+    """
+    import pyarrow.fs as pafs
 
     if not is_remote(location):
         with atomic_path(local_path(location)) as tmp:
-            pq.write_table(table, tmp)
+            yield pafs.LocalFileSystem(), str(tmp.absolute())
         return
     fs, path = resolve(location)
     _make_parent(fs, path)
-    pq.write_table(table, path, filesystem=fs)
+    if fs.type_name in OBJECT_STORES:
+        yield fs, path
+        return
+    parent, file_name = str(PurePosixPath(path).parent), PurePosixPath(path).name
+    tmp = f"{parent}/.{file_name}.{uuid.uuid4().hex}.tmp"
+    try:
+        yield fs, tmp
+        fs.move(tmp, path)
+    finally:
+        if fs.get_file_info(tmp).type.name == "File":
+            fs.delete_file(tmp)
 
 
-def read_parquet(location: Location, columns=None):
-    import pyarrow.parquet as pq
-
-    if not is_remote(location):
-        return pq.read_table(local_path(location), columns=None if columns is None else list(columns))
-    fs, path = resolve(location)
-    return pq.read_table(path, columns=None if columns is None else list(columns), filesystem=fs)
-
-
-def read_parquet_schema(location: Location):
-    import pyarrow.parquet as pq
-
-    if not is_remote(location):
-        return pq.read_schema(local_path(location))
-    fs, path = resolve(location)
-    return pq.read_schema(path, filesystem=fs)
+def remove_temporary_files(directory: Location) -> int:
+    """Delete the uncommitted files ``atomic_output`` leaves in ``directory`` when its writer is killed."""
+    leftovers = glob(directory, TEMPORARY_GLOB)
+    for path in leftovers:
+        remove(path)
+    return len(leftovers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +208,7 @@ def upload(source: Path, location: Location) -> None:
     fs, path = resolve(location)
     if source.is_file():
         _make_parent(fs, path)
-    elif fs.type_name not in _OBJECT_STORES:
+    elif fs.type_name not in OBJECT_STORES:
         fs.create_dir(path, recursive=True)
     pafs.copy_files(str(source.absolute()), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
@@ -416,33 +325,6 @@ def local_output_file(location: Location) -> Iterator[Path]:
         if not path.is_file():
             raise FileNotFoundError(f"{path} was not written, so nothing was uploaded to {location}")
         upload(path, location)
-
-
-def copy_tree(source: Location, destination: Location, *, exclude: tuple[str, ...] = ()) -> tuple[int, int]:
-    """Copy every file under folder ``source`` to the same relative path under ``destination``.
-
-    Either side may be local or remote. Files whose relative path matches an ``exclude`` glob are
-    left out; files already at the destination with the same size are skipped, so an interrupted
-    copy continues. Returns (copied, skipped).
-    """
-    import pyarrow.fs as pafs
-
-    src_fs, src_path = resolve(source)
-    if src_fs.get_file_info(src_path).type != pafs.FileType.Directory:
-        raise FileNotFoundError(f"no folder at {source}")
-    copied = skipped = 0
-    for info in src_fs.get_file_info(pafs.FileSelector(src_path, recursive=True)):
-        rel = PurePosixPath(info.path).relative_to(PurePosixPath(src_path)).as_posix()
-        if info.type != pafs.FileType.File or any(fnmatch.fnmatchcase(rel, pattern) for pattern in exclude):
-            continue
-        target = join(destination, *rel.split("/"))
-        if exists(target) and file_size(target) == info.size:
-            skipped += 1
-            continue
-        with src_fs.open_input_stream(info.path) as fh:
-            write_bytes(target, fh.read())
-        copied += 1
-    return copied, skipped
 
 
 def display(location: Location) -> str:

@@ -3,7 +3,7 @@
     python -m ray_jobs.compare_embeddings --h5_path data/embeddings/music21/embeddings.h5 \
         --output_dir results/compare [--label composer]
 
-Rows are paired by id (``embedders.store.h5.load_pair``: rows valid in both media; the counts of
+Rows are paired by id (``embedders.store.reader.load_pair``: rows valid in both media; the counts of
 used and dropped rows go into every output). Features:
 
 * ``--embedding_type average`` (default): the store's per-recording mean over frames.
@@ -42,8 +42,8 @@ from analysis.pooling import mean_std_pool, zscore_features
 from analysis.report import compare_page, compare_rows
 from embedders.store import filesystem as fs
 from embedders.store.atomic import atomic_write_bytes, write_json
-from embedders.store.h5 import load_pair
 from embedders.store.parts import StoreError
+from embedders.store.reader import describe, load_pair, local_input
 
 MIN_SPLIT_ROWS = 10
 
@@ -58,7 +58,8 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ray_jobs.compare_embeddings", description=__doc__.split("\n")[0])
     p.add_argument("--h5_path", required=True,
-                   help="consolidated embeddings.h5 (or a legacy-layout file): a path or a URI (s3://, gs://)")
+                   help="consolidated embeddings.h5 (or a legacy-layout file), or the store folder "
+                        "data/embeddings/<dataset> itself (read from its Parquet parts; no .h5 needed): a path or a URI")
     p.add_argument("--output_dir", required=True,
                    help="folder (or URI) for metrics.json/.csv, null_distributions.npz, report.html")
     p.add_argument("--label", default=None, help="metadata column to compare label structure on (e.g. composer, bpm)")
@@ -109,22 +110,22 @@ def _h5_attrs(path) -> dict:
 
 
 def run(args) -> int:
-    """A remote --h5_path is read from a local copy; a remote --output_dir gets the outputs uploaded
-    once all four are written (a failed run uploads nothing)."""
+    """A remote .h5 --h5_path is read from a local copy, a store folder where it is; a remote
+    --output_dir gets the outputs uploaded once all four are written (a failed run uploads nothing)."""
     try:
-        if not fs.is_file(args.h5_path):
-            return _fail(f"no embeddings file at {args.h5_path}; run python -m ray_jobs.generate_embeddings first")
-        with fs.local_copy(args.h5_path) as h5_local, fs.local_output_dir(args.output_dir) as out_dir:
+        with local_input(args.h5_path) as h5_local, fs.local_output_dir(args.output_dir) as out_dir:
             return _run(args, h5_local, out_dir)
+    except FileNotFoundError as exc:
+        return _fail(str(exc))
     except (fs.StorageError, OSError) as exc:  # an unreachable or misconfigured store
         return _fail(f"{type(exc).__name__}: {exc}")
 
 
-def _run(args, h5_local: Path, out_dir: Path) -> int:
+def _run(args, h5_local, out_dir: Path) -> int:
     started = time.perf_counter()
     try:
         pair = load_pair(h5_local, args.audio_embedder, args.symbolic_embedder, args.embedding_type, args.label)
-        attrs = _h5_attrs(h5_local)
+        attrs = describe(h5_local)
     except (StoreError, FileNotFoundError, ValueError, OSError, KeyError) as exc:
         return _fail(str(exc))
     if args.group_column and args.group_column not in pair.metadata.columns:

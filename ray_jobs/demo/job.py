@@ -100,7 +100,7 @@ def call(module, argv: list[str]) -> int:
 def stored(h5: Path) -> set[str]:
     if not h5.exists():
         return set()
-    from embedders.store.h5 import list_embedders
+    from embedders.store.reader import list_embedders
 
     return {name for names in list_embedders(h5).values() for name in names}
 

@@ -1,9 +1,12 @@
-"""The Ray Data pipelines of the embedding job: decode in CPU tasks and embed in an actor pool per
-medium (with GPUs), or decode and embed every medium in one pool of CPU actors (CPUs only).
+"""The Ray Data pipelines of the embedding job. The workers write the embeddings; the driver coordinates.
 
-Rows carry their own error fields, so a recording that fails at any stage travels to the driver as
-an error row instead of vanishing; the driver writes successes to Parquet shards and failures to
-errors.parquet. Only the narrow ``ITEM_ERRORS`` are caught; anything else stops the job.
+Two layouts: with GPUs, CPU tasks decode and a pool of (GPU) actors per medium embeds; on CPUs
+only, one pool of actors decodes and embeds every medium (no waveform crosses the object store).
+Either way the embedding actor commits its rows as Parquet parts straight to the store (a folder
+or a URI; ``embedders.store.parts.ShardWriter``) before it answers, and sends the driver one small
+row per (id, medium): ``RESULT_COLUMNS``, never an embedding. A recording that fails at any stage
+becomes a "failed" row with its error; only the narrow ``ITEM_ERRORS`` are caught, anything else
+stops the job.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import numpy as np
 from embedders.base import ITEM_ERRORS, ConfigError, ItemError
 from embedders.io import decode_audio, decode_midi, read_bytes
 from embedders.store import filesystem as fs
+from embedders.store.parts import ShardWriter
 
 EMPTY = np.zeros(0, dtype=np.float32)
 DECODE_MEMORY_BYTES = 512 * 1024**2
+RESULT_COLUMNS = ("id", "medium", "status", "error_type", "error_message", "stage", "n_frames")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +35,17 @@ class MediumSpec:
     embedder: str
     options: dict[str, Any]
     sample_rate: int | None     # audio embedders' input rate; None for symbolic
+
+
+@dataclasses.dataclass(frozen=True)
+class PartTarget:
+    """Where and how the workers of one medium commit their parts."""
+
+    store: str                  # data/embeddings/<dataset>: a folder or a URI
+    config_hash: str
+    description: dict[str, Any]
+    rows_per_part: int
+    batch_size: int             # items per embed() call
 
 
 def local_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -79,10 +95,10 @@ def decode_batch(batch: dict[str, np.ndarray], *, spec: MediumSpec, root: str,
 
 
 class EmbedActor:
-    """Actor-pool worker: builds the embedder once (weights load once per actor), embeds batches.
-
-    With ``root`` it first decodes the batch's files itself (rows are then ``{id, path}``): the
-    CPU-only layout, where every actor decodes and embeds and no waveform crosses the object store.
+    """The model part of an embedding actor: builds the embedder once (weights load once per actor)
+    and turns a batch into (id, sequence, error fields) rows. With ``root`` it first decodes the
+    batch's files itself (rows are then ``{id, path}``). The pipelines' actors (PartsActor,
+    MediaActor) wrap it and commit the sequences; no sequence leaves the actor.
     """
 
     def __init__(self, spec: MediumSpec, root: str | None = None):
@@ -127,58 +143,99 @@ class EmbedActor:
         return {"id": np.array(ids, dtype=object), "sequence": sequences, **fields}
 
 
+def _results() -> dict[str, list]:
+    return {k: [] for k in RESULT_COLUMNS}
+
+
+def hand_over(embedded: dict[str, Any], writer: ShardWriter, medium: str, out: dict[str, list]) -> None:
+    """Give the writer the embedded rows' sequences; append one result row per id to ``out``."""
+    for k, item_id in enumerate(embedded["id"]):
+        failed = bool(embedded["error_type"][k])
+        if not failed:
+            writer.add(str(item_id), embedded["sequence"][k])
+        out["id"].append(str(item_id))
+        out["medium"].append(medium)
+        out["status"].append("failed" if failed else "done")
+        for key in ("error_type", "error_message", "stage"):
+            out[key].append(str(embedded[key][k]))
+        out["n_frames"].append(0 if failed else int(embedded["sequence"][k].shape[0]))
+
+
+def _as_batch(out: dict[str, list]) -> dict[str, np.ndarray]:
+    return {k: np.array(v, dtype=np.int32 if k == "n_frames" else object) for k, v in out.items()}
+
+
+def _writer(spec: MediumSpec, target: PartTarget) -> ShardWriter:
+    return ShardWriter(target.store, spec.medium, spec.embedder, target.config_hash, target.description,
+                       target.rows_per_part)
+
+
+class PartsActor:
+    """The GPU layout's actor: embeds one batch decoded by CPU tasks and commits it as one part."""
+
+    def __init__(self, spec: MediumSpec, target: PartTarget):
+        self.embed = EmbedActor(spec)
+        self.writer = _writer(spec, target)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = _results()
+        hand_over(self.embed(batch), self.writer, self.embed.spec.medium, out)
+        self.writer.flush()  # committed before the driver hears "done"
+        return _as_batch(out)
+
+
 class MediaActor:
     """The CPU-only layout: one actor per CPU decodes and embeds, for every medium, the rows of its
-    batches still pending there. Input rows are ``{id, path_0, path_1, ...}`` (``path_k`` is the
-    file for ``specs[k]``, empty when that medium is done); output rows are those of EmbedActor
-    plus ``medium``, one per (id, pending medium).
+    batches still pending there, one embedding batch at a time, and commits them as parts (one per
+    medium per call, more past ``rows_per_part`` rows or the writer's byte limit). Input rows are
+    ``{id, path_0, path_1, ...}`` (``path_k`` is the file for ``specs[k]``, empty when that medium
+    has nothing to do for the row); output rows are ``RESULT_COLUMNS``, one per (id, medium).
     """
 
-    def __init__(self, specs: list[MediumSpec], root: str):
-        self.actors = [EmbedActor(spec, root) for spec in specs]
+    def __init__(self, specs: list[MediumSpec], targets: list[PartTarget], root: str):
+        self.media = [(EmbedActor(spec, root), _writer(spec, target), target.batch_size)
+                      for spec, target in zip(specs, targets)]
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        out: dict[str, list] = {k: [] for k in ("id", "sequence", "error_type", "error_message", "stage", "medium")}
-        for k, actor in enumerate(self.actors):
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = _results()
+        for k, (embed, writer, size) in enumerate(self.media):
             paths = batch[f"path_{k}"]
             rows = np.flatnonzero([bool(p) for p in paths])
-            if not len(rows):
-                continue
-            part = actor({"id": batch["id"][rows], "path": paths[rows]})
-            for key in ("id", "sequence", "error_type", "error_message", "stage"):
-                out[key].extend(part[key])
-            out["medium"].extend([actor.spec.medium] * len(rows))
-        return {**out, "id": np.array(out["id"], dtype=object), "medium": np.array(out["medium"], dtype=object)}
+            for start in range(0, len(rows), size):  # memory: one embedding batch of decoded inputs
+                chunk = rows[start:start + size]
+                hand_over(embed({"id": batch["id"][chunk], "path": paths[chunk]}), writer, embed.spec.medium, out)
+            writer.flush()  # committed before the driver hears "done"
+        return _as_batch(out)
 
 
-def build_media_dataset(rows: list[dict[str, str]], specs: list[MediumSpec], root: str, *, batch_size: int,
-                        max_actors: int):
-    """Lazy Ray Dataset for CPU-only embedding of several media in one pass (see MediaActor).
+def build_media_dataset(rows: list[dict[str, str]], specs: list[MediumSpec], targets: list[PartTarget], root: str, *,
+                        rows_per_call: int, max_actors: int):
+    """Lazy Ray Dataset of result rows for CPU-only embedding of several media in one pass (see MediaActor).
 
     The decode and embed stages compete for the same cores anyway, so each actor does both for
     its own batches: no decoded waveform crosses the object store (~5 MB per 4 rows of 15 s
     audio), and one pool of ``max_actors`` worker processes starts once for all media instead of
     a decode pool plus an embedding pool per medium (each new Ray Data worker costs seconds).
-    The pool starts at full size (growing from one actor leaves cores idle for seconds), but
-    never larger than the number of batches.
+    An actor call handles ``rows_per_call`` rows (one part per medium). The pool starts at full
+    size (growing from one actor leaves cores idle for seconds), but never larger than the number of calls.
     """
     import ray
     from ray.data import ActorPoolStrategy
 
-    n_batches = max(1, -(-len(rows) // batch_size))
-    ds = ray.data.from_items(rows, override_num_blocks=n_batches)  # one block per actor call
+    n_calls = max(1, -(-len(rows) // rows_per_call))
+    ds = ray.data.from_items(rows, override_num_blocks=n_calls)  # one block per actor call
     return ds.map_batches(
-        MediaActor, fn_constructor_kwargs={"specs": list(specs), "root": root}, batch_size=batch_size,
-        batch_format="numpy", compute=ActorPoolStrategy(size=max(1, min(max_actors, n_batches))),
+        MediaActor, fn_constructor_kwargs={"specs": list(specs), "targets": list(targets), "root": root},
+        batch_size=rows_per_call, batch_format="numpy", compute=ActorPoolStrategy(size=max(1, min(max_actors, n_calls))),
         num_cpus=1, memory=DECODE_MEMORY_BYTES,
     )
 
 
-def build_dataset(rows: list[dict[str, str]], spec: MediumSpec, root: str, *, batch_size: int,
+def build_dataset(rows: list[dict[str, str]], spec: MediumSpec, target: PartTarget, root: str, *,
                   max_actors: int, num_gpus: float, decode_batch_size: int = 4):
-    """Lazy Ray Dataset of (id, sequence, error fields) rows for ``rows`` = [{id, path}, ...], one
-    medium: decoding in CPU tasks, embedding in a pool of actors (the GPU layout: the CPUs decode
-    while the GPUs embed)."""
+    """Lazy Ray Dataset of result rows for ``rows`` = [{id, path}, ...] of one medium: decoding in
+    CPU tasks, embedding in a pool of actors (the GPU layout: the CPUs decode while the GPUs
+    embed); a part is one embedding batch."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -193,6 +250,7 @@ def build_dataset(rows: list[dict[str, str]], spec: MediumSpec, root: str, *, ba
     )
     actor_resources = {"num_gpus": num_gpus} if num_gpus > 0 else {"num_cpus": 1}
     return ds.map_batches(
-        EmbedActor, fn_constructor_kwargs={"spec": spec}, batch_size=batch_size, batch_format="numpy",
+        PartsActor, fn_constructor_kwargs={"spec": spec, "target": target},
+        batch_size=min(target.batch_size, target.rows_per_part), batch_format="numpy",
         compute=ActorPoolStrategy(min_size=1, max_size=max(1, max_actors)), **actor_resources,
     )

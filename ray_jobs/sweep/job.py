@@ -51,7 +51,9 @@ def _csv(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ray_jobs.sweep", description=__doc__.split("\n")[0])
-    p.add_argument("--h5_path", required=True, help="consolidated embeddings.h5 (or a legacy-layout file)")
+    p.add_argument("--h5_path", required=True,
+                   help="consolidated embeddings.h5 (or a legacy-layout file), or the store folder data/embeddings/<dataset> "
+                        "itself (read from its Parquet parts; a remote folder is copied locally first)")
     p.add_argument("--labels", required=True,
                    help="comma-separated metadata columns; force a task with label:regression or label:classification "
                         "(auto: a numeric column with at least 20 distinct values is a regression)")
@@ -95,16 +97,16 @@ def _fail(message: str) -> int:
 
 
 def _dataset_name(h5_path: Path) -> str:
-    import h5py
+    from embedders.store.parts import StoreError
+    from embedders.store.reader import describe
 
     try:
-        with h5py.File(h5_path, "r") as f:
-            name = f.attrs.get("dataset")
-            if name:
-                return name.decode() if isinstance(name, bytes) else str(name)
-    except OSError:
+        name = describe(h5_path).get("dataset")
+        if name:
+            return str(name)
+    except (OSError, StoreError):
         pass
-    return h5_path.parent.name or h5_path.stem
+    return h5_path.name if h5_path.is_dir() else (h5_path.parent.name or h5_path.stem)
 
 
 def settings_from_args(args):
@@ -140,7 +142,7 @@ def settings_from_args(args):
 
 
 def run(args) -> int:
-    """A remote --h5_path is read from a local copy. A remote --output_dir is staged: its contents
+    """A remote --h5_path (file or store folder) is read from a local copy. A remote --output_dir is staged: its contents
     come down first (finished tasks are skipped), and everything goes back up when the run ends,
     also after a failure. MLflow then lives in the staged folder's sqlite file unless
     --mlflow_tracking_uri names a server, which a cluster should."""
@@ -148,8 +150,9 @@ def run(args) -> int:
 
     out = args.output_dir or f"results/sweep_{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        if not fs.is_file(args.h5_path):
-            return _fail(f"--h5_path: no file at {args.h5_path}; run python -m ray_jobs.generate_embeddings first")
+        if not fs.exists(args.h5_path):
+            return _fail(f"--h5_path: no file at {args.h5_path} (nor a store folder); "
+                         "run python -m ray_jobs.generate_embeddings first")
         staging = fs.staged_dir(out) if fs.is_remote(out) else contextlib.nullcontext(out)  # local: made once the flags pass
         with fs.local_copy(args.h5_path) as h5_local, staging as out_local:
             source = args.h5_path if fs.is_remote(args.h5_path) else None

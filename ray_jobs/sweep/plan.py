@@ -31,8 +31,8 @@ import pandas as pd
 
 from analysis.labels import resolve_task
 from embedders.store.atomic import json_ready, write_json
-from embedders.store.h5 import list_embedders, load
 from embedders.store.parts import MEDIA, StoreError
+from embedders.store.reader import list_embedders, load
 from ray_jobs.sweep.space import LabelSpec, describe_space, search_space, task_key
 
 # settings that change what a task's search or retraining means; a rerun must keep them
@@ -117,7 +117,7 @@ def plan_tasks(settings: Settings) -> list[Task]:
     try:
         stored = list_embedders(h5)
     except OSError as exc:
-        raise SweepError(f"--h5_path: {h5} is not a readable HDF5 file ({exc})") from None
+        raise SweepError(f"--h5_path: {h5} is not a readable HDF5 file or store folder ({exc})") from None
     chosen: dict[str, list[str]] = {}
     for medium in settings.media:
         available = stored.get(medium, [])

@@ -52,7 +52,8 @@ def _model_kwargs(text: str) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ray_jobs.train_classifier", description=__doc__.split("\n")[0])
     # the seed's flags, same defaults
-    p.add_argument("--h5_path", required=True, help="embeddings.h5 (columnar or legacy layout)")
+    p.add_argument("--h5_path", required=True, help="embeddings.h5 (columnar or legacy layout), or the store folder "
+                                                     "data/embeddings/<dataset> itself (read from its Parquet parts)")
     p.add_argument("--medium", required=True, choices=MEDIA, help="which embeddings to train on")
     p.add_argument("--label", required=True, help="metadata column to predict (e.g. style, composer, drummer)")
     p.add_argument("--batch_size", type=int, default=32)
@@ -109,19 +110,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --device {args.device}: no CUDA device is available here; use --device cpu", file=sys.stderr)
             return 2
     from embedders.store import filesystem as fs
+    from embedders.store.reader import local_input
 
-    try:  # URIs (s3://, gs://, ...) are read from a local copy; outputs are uploaded when complete
-        if not fs.is_file(args.h5_path):
-            print(f"error: --h5_path {args.h5_path}: no such file", file=sys.stderr)
-            return 2
-        with fs.local_copy(args.h5_path) as h5_local:
+    try:  # a remote .h5 is read from a local copy, a store folder where it is; outputs are uploaded when complete
+        with local_input(args.h5_path) as h5_local:
             return _run(args, argv, h5_local)
+    except FileNotFoundError as exc:
+        print(f"error: --h5_path {args.h5_path}: {exc}", file=sys.stderr)
+        return 2
     except (fs.StorageError, OSError) as exc:  # an unreachable or misconfigured store
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 
 
-def _run(args, argv: list[str] | None, h5_local: Path) -> int:
+def _run(args, argv: list[str] | None, h5_local) -> int:
     from embedders.store import filesystem as fs
     from embedders.store.atomic import write_json
     from training.classifier_data import TaskDataError, load_task
