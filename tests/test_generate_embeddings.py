@@ -99,7 +99,9 @@ def test_resume_after_interruption_gives_every_id_once(ray_session, toy, monkeyp
     monkeypatch.setattr(generate_embeddings.MediumRun, "take", real_take)
     emb = toy / "embeddings" / "toy"
     before = {A: set(stored_ids(emb, A, "melstats")), S: set(stored_ids(emb, S, "pianoroll"))}
-    assert 0 < len(before[A]) + len(before[S]) < 13  # the first results were committed, not all of them
+    # the first results were committed; how many more depends on how far the workers got before the
+    # driver stopped (all 13 on a slow driver): test_embedding_job_kill holds a worker to pin a partial state
+    assert 0 < len(before[A]) + len(before[S]) <= 13
     assert not (emb / "embeddings.h5").exists()
 
     assert run(toy, "--rows_per_part", "2") == 0
