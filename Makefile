@@ -4,19 +4,27 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,openl3,clap,clamp
+EXTRAS ?= dev,openl3,clap,clamp,musicnn,basic_pitch,hear
+# Installed --no-deps: their metadata pins old numpy or pulls TensorFlow; what their code really
+# imports is listed in the extra of the same name (pyproject.toml).
 LAION_CLAP ?= laion-clap==1.1.7
+MUSICNN ?= musicnn==0.1.0
+BASIC_PITCH ?= basic-pitch==0.4.0
+HEAR_PKGS ?= hearbaseline==2021.1.1 hearvalidator==2021.0.2
 PYTEST_ARGS ?=
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: demo test install clean-venv
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
 	case ",$(EXTRAS)," in *,clap,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(LAION_CLAP);; esac
+	case ",$(EXTRAS)," in *,musicnn,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(MUSICNN);; esac
+	case ",$(EXTRAS)," in *,basic_pitch,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(BASIC_PITCH);; esac
+	case ",$(EXTRAS)," in *,hear,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(HEAR_PKGS);; esac
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -27,13 +27,43 @@ from analysis.subsample import subsample_indices, subsample_info
 AUTO_REGRESSION_MIN_UNIQUE = 20
 
 
+TASKS = ("classification", "regression")
+
+
 def auto_task(values) -> str:
     """'regression' or 'classification' for a label column (a pandas Series) by the rule above."""
+    return resolve_task("auto", values)[0]
+
+
+def resolve_task(requested: str, values, *, source: str = "--task") -> tuple[str, str]:
+    """(task, reason) of a label column for a job's ``--task auto|classification|regression``.
+
+    ``auto`` applies the rule above (reason e.g. "numeric with 24 distinct values (>= 20)" or
+    "not numeric"); a named task is taken as given ("forced on the command line"), a regression
+    only when every non-empty value reads as a number. ``values``: the label column (a Series,
+    whose name the messages use, or an array). Raises ValueError starting with ``source`` (the flag
+    as the user wrote it) for another request or for a regression on values that are not numbers.
+    """
     import pandas as pd
 
     values = pd.Series(values)
-    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-    return "regression" if numeric and values.nunique() >= AUTO_REGRESSION_MIN_UNIQUE else "classification"
+    if requested == "auto":
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            return "classification", "not numeric"
+        distinct = int(values.nunique())
+        many = distinct >= AUTO_REGRESSION_MIN_UNIQUE
+        return (("regression" if many else "classification"),
+                f"numeric with {distinct} distinct values ({'>=' if many else '<'} {AUTO_REGRESSION_MIN_UNIQUE})")
+    if requested not in TASKS:
+        raise ValueError(f"{source}: expected auto, classification or regression, got {requested!r}")
+    if requested == "regression":
+        raw = values.reset_index(drop=True)
+        bad = raw[pd.to_numeric(raw, errors="coerce").isna() & ~raw.isna()]
+        if len(bad):
+            column = f"column {values.name!r}" if values.name is not None else "the label"
+            raise ValueError(f"{source}: {len(bad)} non-empty value(s) of {column} are not numbers "
+                             f"(e.g. {bad.iloc[0]!r}); a regression needs a numeric label")
+    return requested, "forced on the command line"
 
 
 def cv_splits(y: np.ndarray, n_splits: int = 5, groups: np.ndarray | None = None, seed: SeedLike = 0,

@@ -103,11 +103,6 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-def peak_rss_mb_self() -> float:
-    """This process's peak resident set (ru_maxrss; KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def psutil_module():
     """psutil: installed, or the copy Ray vendors (ray.thirdparty_files), so nothing new is needed."""
     try:

@@ -56,9 +56,12 @@ def ckpt(tmp_path_factory):
     return write_checkpoint(tmp_path_factory.mktemp("clamp") / "weights.pth")
 
 
+CPU = {"device": "cpu"}  # reference numbers are CPU fp32; under device=auto a GPU would run bf16
+
+
 @pytest.fixture(scope="module")
 def embedder(ckpt):
-    return get_embedder("clamp", checkpoint=str(ckpt), **SMALL)
+    return get_embedder("clamp", checkpoint=str(ckpt), **CPU, **SMALL)
 
 
 def known_midi() -> bytes:
@@ -182,7 +185,7 @@ def test_shape_dtype_determinism(embedder):
     for item, expected in zip(items, out):  # batching across items does not change a result
         np.testing.assert_allclose(embedder.embed([item])[0], expected, rtol=1e-5, atol=1e-6)
     # nor does padding: several segments of different lengths per forward pass
-    padded = get_embedder("clamp", checkpoint=embedder.config.checkpoint, batch_size=4, **SMALL)
+    padded = get_embedder("clamp", checkpoint=embedder.config.checkpoint, batch_size=4, **CPU, **SMALL)
     for a, b in zip(padded.embed(items), out):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert embedder.dim == 32 and embedder.variant == "clamp3"
@@ -234,6 +237,9 @@ def test_equals_an_independent_forward_with_length_weighting(embedder):
     expected_global = (expected_seq * w[:, None]).sum(0) / w.sum()
     np.testing.assert_allclose(embedder.embed([item])[0], expected_seq, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(embedder.embed_global([item])[0], expected_global, rtol=1e-4, atol=1e-5)
+    (stored,) = embedder.embed_items(["long"], [item], with_average=True)  # what the store keeps
+    np.testing.assert_allclose(stored.sequence, expected_seq, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stored.average, expected_global, rtol=1e-4, atol=1e-5)
     # the store's plain mean differs from the authors' weighted one once segments differ in weight
     assert len(set(w)) > 1 and not np.allclose(expected_seq.mean(0), expected_global, atol=1e-4)
 
@@ -268,6 +274,42 @@ def test_equals_transformers_bert_with_the_same_weights(embedder):
     np.testing.assert_allclose(embedder.embed([item])[0], np.stack(rows), rtol=1e-4, atol=1e-5)
 
 
+def test_prepare_then_forward_is_embed(ckpt, embedder):
+    """The job's two stages: patches made by an instance that never loads the network (a CPU decode
+    task, even one asked for a GPU it lacks), then a batched forward, give embed's numbers."""
+    items = [long_score(), known_midi(), score_from_notes(scale_notes(60, 8))]
+    preparer = clamp.CLaMPEmbedder.for_prepare(clamp.CLaMPConfig(checkpoint=str(ckpt), device="cuda:3", **SMALL))
+    prepared = [preparer.prepare(i) for i in items]
+    assert preparer._model is None and preparer.variant == "clamp3"  # read from the keys, not the model
+    assert all(p.dtype == np.int64 and p.shape[1] == 64 for p in prepared)
+    expected = embedder.embed(items)
+    for x, y in zip(embedder.forward(prepared), expected):
+        np.testing.assert_array_equal(x, y)
+    ids = ["long", "bytes", "short", "empty"]
+    ready = preparer.prepare_items(ids, [*items, score_from_notes([])])
+    assert type(ready[3]).__name__ == "EmptyInputError" and ready[3].item_id == "empty"
+    results = embedder.embed_items(ids, ready, prepared=True, with_average=True)
+    for r, y, p in zip(results, expected, prepared):
+        np.testing.assert_array_equal(r.sequence, y)
+        np.testing.assert_allclose(r.average, weighted_average(y, segment_weights(len(p), 16)), rtol=1e-6)
+    assert results[3] is ready[3]
+
+
+def test_patch_embedding_reads_a_contiguous_table():
+    model = random_model(SMALL).requires_grad_(False)
+    encoder = model.symbolic_model
+    table = encoder._embedding_table()
+    assert table.is_contiguous() and table.shape == (64 * 128, 64)
+    torch.testing.assert_close(table, encoder.patch_embedding.weight.t(), rtol=0, atol=0)
+    assert encoder._embedding_table() is table  # made once per weight version
+    with torch.no_grad():
+        encoder.patch_embedding.weight.add_(1.0)  # a new version: the table follows
+    torch.testing.assert_close(encoder._embedding_table(), encoder.patch_embedding.weight.t(), rtol=0, atol=0)
+    patches = torch.randint(0, 128, (2, 3, 64))
+    one_hot = torch.nn.functional.one_hot(patches, 128).reshape(2, 3, -1).float()
+    torch.testing.assert_close(encoder.embed_patches(patches), encoder.patch_embedding(one_hot), rtol=1e-5, atol=1e-5)
+
+
 def test_published_key_layout(ckpt):
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
     sym = sorted(k for k in state if k.startswith(("symbolic_model.", "symbolic_proj.")))
@@ -297,7 +339,7 @@ def test_other_layouts_give_the_same_vectors(tmp_path, embedder, layout):
             state = {"module." + k: v for k, v in state.items()}
         path = tmp_path / f"{layout}.pth"
         torch.save(state, path)
-    other = get_embedder("clamp", checkpoint=str(path), **SMALL)
+    other = get_embedder("clamp", checkpoint=str(path), **CPU, **SMALL)
     assert other.variant == ("clamp2" if layout == "clamp2" else "clamp3")
     item = long_score()
     np.testing.assert_allclose(other.embed([item])[0], embedder.embed([item])[0], rtol=1e-6, atol=1e-7)
@@ -361,7 +403,7 @@ def test_config_validation():
 def test_in_the_pipeline_actor(ckpt):
     from ray_jobs.generate_embeddings.pipeline import EmbedActor, MediumSpec
 
-    spec = MediumSpec("symbolic_embeddings", "midi_filename", "clamp", {"checkpoint": str(ckpt), **SMALL}, None)
+    spec = MediumSpec("symbolic_embeddings", "midi_filename", "clamp", {"checkpoint": str(ckpt), **CPU, **SMALL}, None)
     good = np.frombuffer(known_midi(), dtype=np.uint8)
     bad = np.frombuffer(b"MThd\x00\x00\x00\x06broken", dtype=np.uint8)
     out = EmbedActor(spec)({"id": np.array(["a", "b"], dtype=object), "payload": [good, bad],
@@ -374,15 +416,15 @@ def test_cuda_autocast_close_to_fp32(ckpt):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     items = [long_score(), score_from_notes(scale_notes(60, 8))]
-    cpu = get_embedder("clamp", checkpoint=str(ckpt), device="cpu", **SMALL).embed(items)
+    cpu = get_embedder("clamp", checkpoint=str(ckpt), device="cpu", **SMALL).embed(items)  # CPU fp32: the reference
     gpu = get_embedder("clamp", checkpoint=str(ckpt), device="cuda", **SMALL)
-    assert gpu.autocast_dtype in (torch.bfloat16, torch.float16)
-    for a, b in zip(gpu.embed(items), cpu):
+    assert gpu.autocast_dtype == (torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16)
+    for a, b in zip(gpu.embed(items), cpu):  # bf16 autocast: cosine > 0.99 per segment
         assert a.dtype == np.float32 and a.shape == b.shape
         cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         assert cos.min() > 0.99
     fp32 = get_embedder("clamp", checkpoint=str(ckpt), device="cuda", precision="fp32", **SMALL).embed(items)
-    for a, b in zip(fp32, cpu):
+    for a, b in zip(fp32, cpu):  # IEEE fp32 (TF32 off): 1e-3 relative
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
@@ -391,10 +433,10 @@ def test_pipeline_actors_pass_the_original_midi_file(ckpt, tmp_path):
     re-encoded from it, and the vectors equal embedding those bytes directly."""
     from ray_jobs.generate_embeddings.pipeline import EmbedActor, MediumSpec
 
-    spec = MediumSpec("symbolic_embeddings", "midi_filename", "clamp", {"checkpoint": str(ckpt), **SMALL}, None)
+    spec = MediumSpec("symbolic_embeddings", "midi_filename", "clamp", {"checkpoint": str(ckpt), **CPU, **SMALL}, None)
     data = known_midi()
     (tmp_path / "a.mid").write_bytes(data)
-    direct = get_embedder("clamp", checkpoint=str(ckpt), **SMALL).embed([data])[0]
+    direct = get_embedder("clamp", checkpoint=str(ckpt), **CPU, **SMALL).embed([data])[0]
     batches = [
         (EmbedActor(spec), {"id": np.array(["a"], dtype=object), "payload": [np.frombuffer(data, np.uint8)],
                             "error_type": [""], "error_message": [""], "stage": [""]}),
@@ -404,7 +446,8 @@ def test_pipeline_actors_pass_the_original_midi_file(ckpt, tmp_path):
     for actor, batch in batches:
         seen = []
         original = actor.embedder.embed_items
-        actor.embedder.embed_items = lambda ids, items, _f=original: seen.extend(type(i) for i in items) or _f(ids, items)
+        actor.embedder.embed_items = (lambda ids, items, _f=original, _seen=seen:
+                                      _seen.extend(type(i) for i in items) or _f(ids, items))
         out = actor(batch)
         assert seen == [bytes]
         np.testing.assert_array_equal(out["sequence"][0], direct)

@@ -37,6 +37,7 @@ from tests.pretrained_factories.clap import (
 )
 
 SR = 48000
+CPU = {"device": "cpu"}  # reference numbers are CPU fp32; under device=auto a GPU would run bf16
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,7 @@ def reference(laion, ckpt):
 
 @pytest.fixture(scope="module")
 def embedder(ckpt):
-    return get_embedder("clap", checkpoint=str(ckpt), batch_size=2)
+    return get_embedder("clap", checkpoint=str(ckpt), batch_size=2, **CPU)
 
 
 # -- import route and packaging ---------------------------------------------------------------------
@@ -223,8 +224,22 @@ def test_deterministic_and_independent_of_batching(embedder, ckpt):
     item = tone(12.5, 4)  # two windows
     first, again = embedder.embed([item])[0], embedder.embed([item])[0]
     np.testing.assert_array_equal(first, again)
-    single = get_embedder("clap", checkpoint=str(ckpt), batch_size=1).embed([item])[0]
+    single = get_embedder("clap", checkpoint=str(ckpt), batch_size=1, **CPU).embed([item])[0]
     np.testing.assert_allclose(single, first, rtol=0, atol=1e-6)  # measured: 4e-8
+
+
+@needs_extra
+def test_prepare_then_forward_is_embed(embedder, ckpt):
+    """prepare (validation, int16 round trip) runs on an instance that never loads the tower, even
+    one asked for a GPU this host lacks; forward over its output gives embed's numbers."""
+    from embedders.audio.clap import CLAP, CLAPConfig, quantize_int16
+
+    x = tone(0.7, 8)
+    preparer = CLAP.for_prepare(CLAPConfig(checkpoint=str(ckpt), device="cuda:2"))
+    prepared = preparer.prepare(x)
+    assert preparer._model is None
+    np.testing.assert_array_equal(prepared, quantize_int16(x))
+    np.testing.assert_array_equal(embedder.forward([prepared])[0], embedder.embed([x])[0])
 
 
 @needs_extra
@@ -232,7 +247,7 @@ def test_deterministic_and_independent_of_batching(embedder, ckpt):
 def test_windows_follow_the_frame_grid(ckpt, hop, window, seconds):
     from embedders.audio.clap import fill_window, quantize_int16
 
-    e = get_embedder("clap", checkpoint=str(ckpt), hop_seconds=hop, window_seconds=window)
+    e = get_embedder("clap", checkpoint=str(ckpt), hop_seconds=hop, window_seconds=window, **CPU)
     x = tone(seconds, 5)
     got = list(e.windows(x))
     assert len(got) == FrameGrid(hop, window).n_frames(seconds)
@@ -247,7 +262,7 @@ def test_fusion_checkpoint_matches_the_library(laion, fusion_ckpt):
     import librosa
     import torch
 
-    e = get_embedder("clap", checkpoint=str(fusion_ckpt), enable_fusion=True)
+    e = get_embedder("clap", checkpoint=str(fusion_ckpt), enable_fusion=True, **CPU)
     x = tone(10.0, 6)
     (ours,) = e.embed([x])
     window = next(e.windows(x))
@@ -367,7 +382,8 @@ def test_gpu_matches_cpu(ckpt, embedder):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     items = [tone(0.7, 0), tone(23.5, 2)]
-    cpu = np.concatenate(embedder.embed(items))
+    cpu = np.concatenate(embedder.embed(items))  # CPU fp32: the reference
+    # cosine floors: IEEE fp32 on CUDA (TF32 off) 0.9999; bf16 autocast (fp32 front end) 0.99
     for precision, floor in (("fp32", 0.9999), ("auto", 0.99)):
         gpu = np.concatenate(get_embedder("clap", checkpoint=str(ckpt), device="cuda", precision=precision).embed(items))
         assert gpu.dtype == np.float32 and gpu.shape == cpu.shape

@@ -105,6 +105,81 @@ def test_csv_npz_and_page(runs):
     assert nulls["linear_cka"].shape == (19,) and "label_audio_label_rdm" not in nulls
     page = (runs["plain"] / "report.html").read_text()
     assert "aud" in page and "sym" in page and "59</b> paired of 60" in page and "<script" in page
+    # every metric of metrics.json is a CSV row with the same numbers (NaN/None: an empty cell)
+    m = json.loads((runs["plain"] / "metrics.json").read_text())["spaces"]["metrics"]
+    by_name = rows.set_index("name")
+    assert list(by_name.index) == list(m)
+    for name, entry in m.items():
+        for key in ("value", "ci_lo", "ci_hi", "null_mean", "p_value", "n_used", "chance"):
+            want, got = entry[key], by_name.loc[name, key]
+            assert (want is None and pd.isna(got)) or got == pytest.approx(want, rel=1e-12), (name, key)
+
+
+def report_inputs():
+    """A hand-made payload: two space metrics (one with a retrieval-style chance), a label block."""
+    def entry(value, p, **extra):
+        return {"value": value, "ci_lo": value - 0.1, "ci_hi": value + 0.1, "null_mean": 0.0, "null_lo": -0.05,
+                "null_hi": 0.05, "p_value": p, "n_used": 40, "subsampled": False, "null_n_used": 40, **extra}
+    spaces = {"dim_x": 4, "dim_y": 5, "metrics": {"linear_cka": entry(0.9, 0.01), "rsa": entry(0.5, 0.2, chance=0.1)}}
+    knn = {"value": 0.8, "ci_lo": 0.7, "ci_hi": 0.9, "chance": 0.34, "n_splits": 5, "k": 10, "n_used": 40,
+           "subsampled": False}
+    rdm = {"value": 0.3, "p_value": 0.02, "null_mean": 0.0, "null_lo": -0.1, "null_hi": 0.1, "n_used": 40,
+           "subsampled": False}
+    test = {"mean_difference": 0.05, "ci_lo": -0.01, "ci_hi": 0.11, "p_value": 0.3, "wilcoxon_p": 0.25, "n_units": 40}
+    labels = {"task": "classification", "n": 40, "n_splits": 5,
+              "audio": {"knn": knn, "silhouette": {"value": 0.2, "n_used": 40}, "label_rdm": rdm},
+              "symbolic": {"knn": dict(knn, value=0.75), "silhouette": {"value": 0.1, "n_used": 40}, "label_rdm": rdm},
+              "difference_audio_minus_symbolic": {"knn_by_fold": test, "knn_by_recording": dict(test, n_units=40),
+                                                  "silhouette": 0.1, "label_rdm": 0.0}}
+    return spaces, labels
+
+
+def test_rows_and_tables_follow_the_metrics_dicts(monkeypatch):
+    """A new metric or field reaches metrics.csv and the page through the dicts and FIELDS alone."""
+    from analysis.report import compare_page, compare_rows
+
+    spaces, labels = report_inputs()
+    rows = compare_rows.metric_rows(spaces, labels)
+    assert [r["name"] for r in rows] == [
+        "linear_cka", "rsa", "label_audio_knn_accuracy", "label_audio_silhouette", "label_audio_label_rdm",
+        "label_symbolic_knn_accuracy", "label_symbolic_silhouette", "label_symbolic_label_rdm",
+        "label_diff_knn_by_fold", "label_diff_knn_by_recording", "label_diff_silhouette", "label_diff_label_rdm"]
+    diff = rows[8]
+    assert (diff["value"], diff["ci_lo"], diff["p_value"], diff["n_used"]) == (0.05, -0.01, 0.3, 40)
+    assert rows[-1]["n_used"] == 40 and rows[3]["null_mean"] is None and rows[2]["chance"] == 0.34
+    text = compare_rows.metrics_csv(rows)
+    assert text.splitlines()[0] == ",".join(compare_rows.CSV_COLUMNS)
+    assert text.splitlines()[1] == "linear_cka,0.9,0.8,1.0,0.0,-0.05,0.05,0.01,40,False,"
+    table = compare_page.metrics_table(rows[:2])
+    assert table.index("<th>95% CI</th>") < table.index("<th>p</th>") < table.index("<th>n used</th>")
+    assert "<b>0.900</b>" in table and "[0.800, 1.000]" in table and "0.01" in table
+    label = compare_page.label_table(labels)
+    assert "kNN accuracy (5-fold CV, k=10), chance 0.340" in label and "Holm" not in table + label
+    assert "by fold: 0.050 [-0.010, 0.110], p = 0.3" in label and "0.300, p = 0.02" in label
+
+    nan = dict(spaces["metrics"]["rsa"], p_value=float("nan"))   # undefined: an empty cell, a dash on the page
+    assert compare_rows.metrics_csv(compare_rows.metric_rows({"metrics": {"x": nan}}, None)).splitlines()[1] == (
+        "x,0.5,0.4,0.6,0.0,-0.05,0.05,,40,False,0.1")
+    assert "<td>&ndash;</td>" in compare_page.metrics_table(compare_rows.metric_rows({"metrics": {"x": nan}}, None))
+
+    # a new metric (in the dicts) and a new field (one Field) need no page code
+    spaces["metrics"]["new_metric"] = dict(spaces["metrics"]["rsa"], value=0.25, p_holm=0.04)
+    labels["audio"]["new_label_metric"] = {"value": 0.6, "p_holm": 0.5}
+    labels["symbolic"]["new_label_metric"] = {"value": 0.4}
+    monkeypatch.setattr(compare_rows, "FIELDS", (*compare_rows.FIELDS, compare_rows.Field("p_holm", "p (Holm)", "p")))
+    before = compare_rows.metric_rows(*report_inputs())   # no entry has the new field: outputs as they were
+    assert compare_rows.metrics_csv(before).splitlines()[0] == ",".join(compare_rows.CSV_COLUMNS)
+    assert "Holm" not in compare_page.metrics_table(before) + compare_page.label_table(report_inputs()[1])
+    rows = compare_rows.metric_rows(spaces, labels)
+    text = compare_rows.metrics_csv(rows)
+    assert text.splitlines()[0] == ",".join(compare_rows.CSV_COLUMNS) + ",p_holm"
+    assert text.splitlines()[3].startswith("new_metric,0.25,") and text.splitlines()[3].endswith(",0.04")
+    assert text.splitlines()[1].endswith(",")   # linear_cka has no Holm p: an empty cell
+    assert "label_audio_new_label_metric" in text and "label_symbolic_new_label_metric" in text
+    table = compare_page.metrics_table(rows[:3])
+    assert "<th>p (Holm)</th>" in table and table.count("<tr>") == 4
+    label = compare_page.label_table(labels)
+    assert "new_label_metric" in label and "0.600, p (Holm) 0.5" in label
 
 
 def test_label_metrics_side_by_side(runs):

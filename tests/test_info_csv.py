@@ -3,7 +3,15 @@ import os
 import pandas as pd
 import pytest
 
-from embedders.dataset import InfoCsvError, read_info_csv, resolve_item_path
+from embedders.dataset import (
+    ABSENT,
+    InfoCsvError,
+    absent_reason,
+    has_medium,
+    read_info_csv,
+    resolve_item_path,
+    row_media,
+)
 
 
 def write_info(root, rows, columns=None):
@@ -47,11 +55,69 @@ def test_duplicate_ids_name_their_lines(tmp_path):
         read_info_csv(root)
 
 
-def test_empty_id_and_path(tmp_path):
-    root = write_info(tmp_path / "ds", [row("a"), {"id": "", "audio_filename": "x.wav", "midi_filename": ""}])
-    with pytest.raises(InfoCsvError) as err:
+def test_empty_id_is_refused(tmp_path):
+    root = write_info(tmp_path / "ds", [row("a"), {"id": "", "audio_filename": "x.wav", "midi_filename": "x.mid"}])
+    with pytest.raises(InfoCsvError, match=r"empty id on line\(s\) 3"):
         read_info_csv(root)
-    assert "empty id on line(s) 3" in str(err.value) and "empty midi_filename on line(s) 3" in str(err.value)
+
+
+def test_one_medium_missing_is_valid_for_the_other(tmp_path):
+    """GMD has performances with MIDI and no audio: an empty cell (or blanks) means 'no such medium'."""
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "info.csv").write_text("id,audio_filename,midi_filename,bpm\n"
+                                   "a,audio/a.wav,midi/a.mid,120\n"
+                                   "b,,midi/b.mid,90\n"
+                                   "c,audio/c.wav,  ,100\n"
+                                   "d,\"\",midi/d.mid,80\n")
+    info = read_info_csv(root)
+    assert info["audio_filename"].tolist() == ["audio/a.wav", ABSENT, "audio/c.wav", ABSENT]
+    assert info["midi_filename"].tolist() == ["midi/a.mid", "midi/b.mid", ABSENT, "midi/d.mid"]
+    assert has_medium(info, "audio_embeddings").tolist() == [True, False, True, False]
+    assert has_medium(info, "symbolic_embeddings").tolist() == has_medium(info, "midi_filename").tolist() \
+        == [True, True, False, True]
+    assert has_medium(info, "transcribed_embeddings").tolist() == [True, False, True, False]
+    assert [row_media(r) for _, r in info.iterrows()] == [
+        ("audio_filename", "midi_filename"), ("midi_filename",), ("audio_filename",), ("midi_filename",)]
+    assert info["bpm"].tolist() == [120, 90, 100, 80]
+    assert absent_reason("audio_embeddings") == "empty audio_filename in info.csv: this recording has no audio"
+    assert "has no MIDI" in absent_reason("symbolic_embeddings")
+    with pytest.raises(ValueError, match="unknown medium"):
+        has_medium(info, "video_embeddings")
+
+
+def test_a_row_with_neither_medium_refuses_the_file(tmp_path):
+    root = write_info(tmp_path / "ds", [row("a"), {"id": "b", "audio_filename": "", "midi_filename": " "},
+                                        {"id": "c", "audio_filename": "", "midi_filename": "midi/c.mid"}])
+    with pytest.raises(InfoCsvError, match=r"neither audio_filename nor midi_filename on line\(s\) 3: "):
+        read_info_csv(root)
+
+
+def test_id_column_names_the_identifying_column(tmp_path):
+    """MAESTRO's csv has no id column: --id_column midi_filename uses the MIDI path as the id."""
+    columns = ["canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename", "duration"]
+    rows = [["Bach", "Prelude", "train", 2004, "2004/a.midi", "2004/a.wav", 61.5],
+            ["Chopin", "Ballade", "test", 2006, "2006/b.midi", "", 300.0],
+            ["Liszt", "Etude", "validation", 2008, "2008/007.midi", "2008/007.wav", 12.0]]
+    root = write_info(tmp_path / "maestro", rows, columns)
+    with pytest.raises(InfoCsvError, match="lacks required column.*'id'.*--id_column"):
+        read_info_csv(root)
+    info = read_info_csv(root, id_column="midi_filename")
+    assert info["id"].tolist() == ["2004/a.midi", "2006/b.midi", "2008/007.midi"]
+    assert info.columns[0] == "id" and info["canonical_composer"].tolist() == ["Bach", "Chopin", "Liszt"]
+    assert info["audio_filename"].tolist() == ["2004/a.wav", ABSENT, "2008/007.wav"]
+    numbered = write_info(tmp_path / "numbered", [["007", "a.wav", "a.mid"], ["7", "b.wav", "b.mid"]],
+                          ["take", "audio_filename", "midi_filename"])
+    assert read_info_csv(numbered, id_column="take")["id"].tolist() == ["007", "7"]  # strings, not numbers
+    with pytest.raises(InfoCsvError, match=r"lacks required column\(s\) \['recording'\]"):
+        read_info_csv(root, id_column="recording")
+    with pytest.raises(InfoCsvError, match="has an 'id' column and id_column='midi_filename'"):
+        read_info_csv(write_info(tmp_path / "both", [row("a")]), id_column="midi_filename")
+    dup = write_info(tmp_path / "dup", [["a", "x.wav", "x.mid"], ["a", "y.wav", "y.mid"], ["", "z.wav", "z.mid"]],
+                     ["take", "audio_filename", "midi_filename"])
+    message = str(pytest.raises(InfoCsvError, read_info_csv, dup, id_column="take").value)
+    assert "duplicate id(s) (column 'take'): 'a' on lines 2, 3" in message
+    assert "empty id (column 'take') on line(s) 4" in message
 
 
 @pytest.mark.parametrize("bad, reason", [

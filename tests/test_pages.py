@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.report.embedding_map_page import animation_page, scatter_page
 from tests.browser import load_page
-from training.visualize import animation_page, scatter_page
 
 pytestmark = pytest.mark.browser
 
@@ -16,8 +16,9 @@ def maps(tmp_path):
     meta = pd.DataFrame({"id": [f"w{i}" for i in range(30)], "composer": ["bach", "palestrina", "folk"] * 10,
                          "bpm": rng.uniform(60, 120, 30).round(1)})
     frames = [(e, rng.standard_normal((30, 2)).astype(np.float32)) for e in range(3)]
-    scatter = scatter_page(frames[-1][1], meta, "composer", "epoch 2", tmp_path / "scatter.html")
-    anim = animation_page(frames, meta, "composer", "across epochs", tmp_path / "anim.html")
+    scatter, anim = tmp_path / "scatter.html", tmp_path / "anim.html"
+    scatter.write_text(scatter_page(frames[-1][1], meta, "composer", "epoch 2"))
+    anim.write_text(animation_page(frames, meta, "composer", "across epochs"))
     return scatter, anim
 
 

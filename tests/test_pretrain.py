@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -64,16 +67,94 @@ def test_bad_values_are_listed(tmp_path):
     assert "train.dropout" in message and "ray.num_workers" in message
 
 
+def failing_once(marker: Path):
+    """The worker loop, dying once right after rank 0 reported epoch 0 (so its checkpoint exists);
+    ``marker`` records the failure, and the restarted workers, seeing it, go on."""
+    from training.pretrain_worker import train_loop_per_worker
+
+    def loop(cfg):
+        import ray.train
+
+        report = ray.train.report
+
+        def report_then_fail(metrics, *args, **kwargs):
+            report(metrics, *args, **kwargs)
+            if metrics["epoch"] == 0 and ray.train.get_context().get_world_rank() == 0 and not marker.exists():
+                marker.write_text("failed after epoch 0\n")
+                raise RuntimeError("injected worker failure after epoch 0")
+
+        ray.train.report = report_then_fail
+        try:
+            train_loop_per_worker(cfg)
+        finally:
+            ray.train.report = report
+
+    return loop
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m ray_jobs.pretrain ARGS`` as a user runs it (this worktree first on the path)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HYDRA_FULL_ERROR": ""}
+    return subprocess.run([sys.executable, "-m", "ray_jobs.pretrain", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["dataset.name=nope"], ["dataset.name=nope", "raw/nope/info.csv not found"]),
+    (["dataset.name=only_train"], ["dataset.name=only_train", "no MIDI file in split(s) ['validation', 'test']"]),
+    (["dataset.name=no_split"], ["has no 'split' column"]),
+    (["dataset.name=bad_rows"], ["duplicate id(s): 'a' on lines 2, 3"]),
+    (["train.embed_dimm=3"], ["unknown config key 'train.embed_dimm'", "embed_dim", "configs/config.yaml"]),
+    (["+train.extra=3"], ["unknown config key 'train.extra'"]),
+    (["train.batch_size=lots"], ["train.batch_size", "could not be converted to Integer"]),
+    (["--config-name=nope"], ["--config-name=nope", "config, large_model"]),
+    (["train.epochs"], ["cannot parse the override", "train.epochs"]),
+    (["train.dropout=1.5", "ray.num_workers=0"], ["train.dropout must be in [0, 1)", "ray.num_workers must be >= 1"]),
+])
+def test_command_line_input_errors_are_one_line_exit_2(tmp_path, args, expected):
+    raw = tmp_path / "data" / "raw"
+    for name, rows in {"only_train": "a,,midi/a.mid,train\nb,b.wav,,test\n", "no_split": None,
+                       "bad_rows": "a,a.wav,a.mid,train\na,b.wav,b.mid,test\n"}.items():
+        (raw / name).mkdir(parents=True)
+        header = "id,audio_filename,midi_filename" + (",split" if rows else "")
+        (raw / name / "info.csv").write_text(header + "\n" + (rows or "a,a.wav,a.mid\n"))
+    write_tiny_midis(raw / "only_train" / "midi", n=1)
+    (raw / "only_train" / "midi" / "tiny0.mid").rename(raw / "only_train" / "midi" / "a.mid")
+    done = run_cli(f"dataset.data_root={tmp_path / 'data'}", f"output_dir={tmp_path / 'out'}", *args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout and "HYDRA_FULL_ERROR" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert all(e in lines[0] for e in expected), lines[0]
+
+
+def test_rows_without_midi_and_missing_files_are_left_out(tmp_path):
+    from ray_jobs.pretrain.job import load_splits, resolve_paths
+
+    root = tiny_dataset(tmp_path)
+    info = pd.read_csv(root / "info.csv")
+    info.loc[0, "midi_filename"] = ""  # a train row with audio only
+    info.loc[1, "midi_filename"] = "midi/gone.mid"  # listed, not there
+    info.to_csv(root / "info.csv", index=False)
+    cfg = make_cfg(tmp_path)
+    kept, splits = load_splits(cfg, resolve_paths(cfg))
+    assert len(kept) == 9 and info["id"][0] not in set(kept["id"])
+    assert len(splits["train"]) == 4 and len(splits["validation"]) == len(splits["test"]) == 2
+    assert all(Path(f).is_file() for files in splits.values() for f in files)
+
+
 @pytest.mark.slow
-def test_two_worker_run_survives_a_failure_and_a_rerun_continues(ray_session, tmp_path):
+def test_two_worker_run_survives_a_failure_and_a_rerun_continues(ray_session, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from embedders.symbolic.midi_transformer.transformer import load_checkpoint
     from ray_jobs.pretrain.job import run
+    from training import pretrain_worker
 
     tiny_dataset(tmp_path)
-    summary = run(make_cfg(tmp_path), fail_at_epoch=0)
     run_dir = tmp_path / "results" / "tiny_model"
+    monkeypatch.setattr(pretrain_worker, "train_loop_per_worker", failing_once(run_dir / ".injected_failure"))
+    summary = run(make_cfg(tmp_path))
     assert (run_dir / ".injected_failure").exists(), "the failure was not injected"
     history = json.loads((run_dir / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1], "epoch 0 must not be redone after the restart"

@@ -15,16 +15,20 @@ from embedders.io import midi_duration_seconds
 from embedders.registry import available, get_embedder, get_embedder_class, register
 from tests.factory import scale_notes, score_from_notes, sine_wave
 from tests.midi_model_factory import tiny_checkpoint
+from tests.pretrained_factories.basic_pitch import basic_pitch_contract_config
 from tests.pretrained_factories.clamp import clamp_contract_config
 from tests.pretrained_factories.clap import clap_contract_config
+from tests.pretrained_factories.hear_naive import hear_contract_config
 from tests.pretrained_factories.openl3 import openl3_contract_config
 
 # name -> callable(tmp_path_factory) -> config options (for embedders that need checkpoints)
 CONFIG_FACTORIES: dict[str, callable] = {
-    "midi_transformer": lambda tmp: {"checkpoint": str(tiny_checkpoint(tmp.mktemp("midi_transformer")))},
+    "midi_transformer": lambda tmp: {"checkpoint": str(tiny_checkpoint(tmp.mktemp("midi_transformer"))), "device": "cpu"},
     "clamp": clamp_contract_config,
     "clap": clap_contract_config,
     "openl3": openl3_contract_config,
+    "basic_pitch": basic_pitch_contract_config,
+    "hear": hear_contract_config,
 }
 
 
@@ -78,6 +82,20 @@ def test_output_contract(built):
         assert out.ndim == 2 and out.shape[0] >= 1 and out.shape[1] == embedder.dim
         assert np.isfinite(out).all()
     assert not np.array_equal(outputs[0].mean(0), outputs[1].mean(0)), "different inputs, identical embeddings"
+
+
+def test_two_stages_and_the_average(built):
+    """prepare on an instance built for it, then embed_items on prepared items, gives embed's frames;
+    every item also gets a finite (dim,) float32 average (the store's other embedding type)."""
+    embedder, items = built
+    ids = [f"item{k}" for k in range(len(items))]
+    prepared = type(embedder).for_prepare(embedder.config).prepare_items(ids, items)
+    results = embedder.embed_items(ids, prepared, prepared=True, with_average=True)
+    for result, expected in zip(results, embedder.embed(items)):
+        np.testing.assert_allclose(result.sequence, expected, rtol=1e-5, atol=1e-6)
+        assert result.average.shape == (embedder.dim,) and result.average.dtype == np.float32
+        assert np.isfinite(result.average).all()
+    assert isinstance(type(embedder).uses_accelerator, bool)
 
 
 def test_frames_follow_the_time_grid(built):

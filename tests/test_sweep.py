@@ -8,6 +8,7 @@ import math
 import pandas as pd
 import pytest
 
+from analysis.labels import resolve_task
 from ray_jobs.sweep import job as sweep
 from ray_jobs.sweep import space as sp
 from tests.sweep_factory import SWEEP_ARGS, A, S, tiny_store, tiny_sweep
@@ -50,14 +51,25 @@ def test_parse_labels_and_task_rule():
     for bad, message in [("", "at least one"), ("a,a", "twice"), ("bpm:ranking", "must be"), (":x", "empty")]:
         with pytest.raises(ValueError, match=message):
             sp.parse_labels(bad)
-    assert sp.infer_task(pd.Series(range(20), dtype=float)) == ("regression", "numeric with 20 distinct values (>= 20)")
-    assert sp.infer_task(pd.Series(list(range(19)) * 3))[0] == "classification"     # 19 distinct: a code
-    assert sp.infer_task(pd.Series(["4-4", "3-4"]))[0] == "classification"
-    assert sp.infer_task(pd.Series([True, False] * 20))[0] == "classification"
-    assert sp.resolve_task(sp.LabelSpec("n", "regression"), pd.Series([1, 2, 3]))[0] == "regression"
+    assert resolve_task("auto", pd.Series(range(20), dtype=float)) == ("regression", "numeric with 20 distinct values (>= 20)")
+    assert resolve_task("auto", pd.Series(list(range(19)) * 3))[0] == "classification"     # 19 distinct: a code
+    assert resolve_task("auto", pd.Series(["4-4", "3-4"]))[0] == "classification"
+    assert resolve_task("auto", pd.Series([True, False] * 20))[0] == "classification"
+    assert resolve_task("regression", pd.Series([1, 2, 3]))[0] == "regression"
     with pytest.raises(ValueError, match="not numbers"):
-        sp.resolve_task(sp.LabelSpec("key", "regression"), pd.Series(["C", "G"]))
+        resolve_task("regression", pd.Series(["C", "G"]))
     assert sp.task_key(A, "my emb/v2", "time signature") == "audio_embeddings__my-emb-v2__time-signature"
+
+
+def test_task_resolver_names_the_flag_and_the_column():
+    """analysis.labels.resolve_task is the one rule of compare_embeddings, train_classifier and the sweep."""
+    with pytest.raises(ValueError, match=r"^--labels key:regression: 2 non-empty value\(s\) of column 'key' are not"):
+        resolve_task("regression", pd.Series(["C", "G"], name="key"), source="--labels key:regression")
+    with pytest.raises(ValueError, match="^--task ranking: expected auto, classification or regression"):
+        resolve_task("ranking", pd.Series([1.0]), source="--task ranking")
+    assert resolve_task("classification", pd.Series(range(40))) == ("classification", "forced on the command line")
+    assert resolve_task("regression", pd.Series([1.0, None, 3.0]))[0] == "regression"  # empty cells are no error
+    assert resolve_task("auto", pd.Series(["a"] * 30)) == ("classification", "not numeric")
 
 
 # --------------------------------------------------------------------------------------------- CLI errors

@@ -1,4 +1,4 @@
-"""analysis.sweep_table: the audio-vs-symbolic table's statistics on known answers."""
+"""analysis.sweep_table: the audio-vs-symbolic table's statistics on known answers; its Markdown page."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from analysis import sweep_table as st
+from analysis.report import sweep_page
 
 
 def record(medium, scores, *, label="style", task="classification", metric="accuracy", seeds=None,
@@ -125,15 +126,15 @@ def test_build_table_one_medium_one_seed_and_bad_records():
 
 def test_markdown_and_key_metrics():
     table = st.build_table([record(st.AUDIO, [0.8, 0.82, 0.81]), record(st.SYMBOLIC, [0.3, 0.2, 0.25])])
-    text = st.table_markdown(table)
+    text = sweep_page.table_markdown(table)
     assert "| style (aud / sym) | test accuracy |" in text and "**0.810**" in text
     assert "⚠ not above shuffled-label control; not above majority baseline" in text
     assert "sampling [" not in text                     # no n_test in these records
-    assert "mlp h=128 drop=0.10 lr=1.00e-03 wd=1.00e-05 bs=32" in text and st.NOTE in text
+    assert "mlp h=128 drop=0.10 lr=1.00e-03 wd=1.00e-05 bs=32" in text and sweep_page.NOTE in text
     assert st.config_text({"model": "linear", "hidden_dim": 64, "dropout": 0.2}) == "linear drop=0.20"
     with_n = st.build_table([dict(record(st.AUDIO, [0.8, 0.82, 0.81]), n_test=45)]).iloc[0]
     assert (with_n["audio_sampling_lo"], with_n["audio_sampling_hi"]) == pytest.approx(st.wilson_interval(0.81, 45))
-    assert f"sampling [{with_n['audio_sampling_lo']:.3f}, " in st.table_markdown(st.build_table(
+    assert f"sampling [{with_n['audio_sampling_lo']:.3f}, " in sweep_page.table_markdown(st.build_table(
         [dict(record(st.AUDIO, [0.8, 0.82, 0.81]), n_test=45)]))
     metrics = st.key_metrics(table)
     assert metrics["style.aud_vs_sym.audio_mean"] == pytest.approx(0.81)

@@ -221,7 +221,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_embedder_through_registry(checkpoint):
-    emb = get_embedder("midi_transformer", checkpoint=str(checkpoint))
+    emb = get_embedder("midi_transformer", checkpoint=str(checkpoint), device="cpu")
     assert emb.dim == 32 and emb.hop_seconds is None and emb.modality == "symbolic"
     long_piece = tempo_change_score(n_beats=48)
     items = [score_from_notes(scale_notes(60, 4)), long_piece, score_from_notes(scale_notes(48, 12), bpm=90)]
@@ -235,8 +235,27 @@ def test_embedder_through_registry(checkpoint):
         np.testing.assert_array_equal(a, b)
     for item, expected in zip(items, out):  # alone vs in a batch
         np.testing.assert_allclose(emb.embed([item])[0], expected, rtol=1e-5, atol=1e-6)
-    shorter = get_embedder("midi_transformer", checkpoint=str(checkpoint), max_seq_len=12)
+    shorter = get_embedder("midi_transformer", checkpoint=str(checkpoint), max_seq_len=12, device="cpu")
     assert shorter.embed([long_piece])[0].shape[0] > out[1].shape[0]
+
+
+def test_embedder_prepare_then_forward_is_embed(checkpoint):
+    """Tokenising and chunking (the CPU stage) need no network: an instance for prepare never loads
+    one, even when asked for a GPU this host lacks; forward over its chunks gives embed's numbers."""
+    from embedders.symbolic.midi_transformer.embedder import MIDITransformerEmbedder, MIDITransformerEmbedderConfig
+
+    assert MIDITransformerEmbedderConfig().device == "auto" and MIDITransformerEmbedder.uses_accelerator
+    emb = get_embedder("midi_transformer", checkpoint=str(checkpoint), device="cpu")
+    items = [score_from_notes(scale_notes(60, 4)), tempo_change_score(n_beats=48)]
+    preparer = MIDITransformerEmbedder.for_prepare(MIDITransformerEmbedderConfig(checkpoint=str(checkpoint),
+                                                                                 device="cuda:5"))
+    prepared = [preparer.prepare(item) for item in items]
+    assert preparer._model is None and len(prepared[1]) > 3
+    assert all(c.dtype == np.int32 and len(c) <= 24 for chunks in prepared for c in chunks)
+    for x, y in zip(emb.forward(prepared), emb.embed(items)):
+        np.testing.assert_array_equal(x, y)
+    (result,) = emb.embed_items(["long"], [prepared[1]], prepared=True, with_average=True)
+    np.testing.assert_allclose(result.average, result.sequence.mean(0), rtol=1e-6)
 
 
 def test_embedder_needs_a_checkpoint_and_hashes_its_content(checkpoint, tmp_path):
@@ -292,3 +311,20 @@ def test_pieces_fit_together(tmp_path):
     emb = get_embedder("midi_transformer", checkpoint=str(path))
     (out,) = emb.embed([tempo_change_score()])
     assert out.shape[1] == 32 and out.shape[0] >= 2
+
+
+@pytest.mark.gpu
+def test_embedder_cuda_matches_cpu(checkpoint):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    items = [score_from_notes(scale_notes(60, 4)), tempo_change_score(n_beats=48)]
+    cpu = get_embedder("midi_transformer", checkpoint=str(checkpoint), device="cpu").embed(items)  # the reference
+    fp32 = get_embedder("midi_transformer", checkpoint=str(checkpoint), device="cuda", precision="fp32")
+    assert fp32.device.type == "cuda" and fp32.autocast_dtype is None
+    for a, b in zip(fp32.embed(items), cpu):  # IEEE fp32 (TF32 off): 1e-3 relative
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    auto = get_embedder("midi_transformer", checkpoint=str(checkpoint))  # device auto -> cuda here
+    assert auto.device.type == "cuda" and auto.autocast_dtype in (torch.bfloat16, torch.float16)
+    for a, b in zip(auto.embed(items), cpu):  # bf16 autocast, fp32 pooling: cosine > 0.99 per chunk
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert a.dtype == np.float32 and cos.min() > 0.99, cos

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.labels import auto_task  # the one rule, shared with compare_embeddings
+from analysis.labels import resolve_task  # the one rule, shared with compare_embeddings and the sweep
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
@@ -57,15 +57,6 @@ class TaskData:
 
     def with_labels(self, y: np.ndarray) -> TaskData:
         return dataclasses.replace(self, y=y)
-
-
-def resolve_task(values: pd.Series, task: str) -> str:
-    """'auto': regression for a numeric column with many distinct values, else classification."""
-    if task in ("classification", "regression"):
-        return task
-    if task != "auto":
-        raise TaskDataError(f"--task must be auto, classification or regression, got {task!r}")
-    return auto_task(values)
 
 
 def normalise_split(values: pd.Series, column: str) -> np.ndarray:
@@ -129,7 +120,10 @@ def load_task(h5_path, medium: str, label: str, *, embedder: str | None = None, 
         raise TaskDataError(f"{h5_path}: no valid {medium}/{es.embedder} rows with a '{label}' label")
     if group_column is not None and group_column not in meta.columns:
         raise TaskDataError(f"--group_column {group_column}: no such column; columns are {sorted(meta.columns)}")
-    task = resolve_task(meta[label], task)
+    try:
+        task, _ = resolve_task(task, meta[label], source=f"--task {task}")
+    except ValueError as exc:
+        raise TaskDataError(str(exc)) from None
     dropped: list[dict] = []
     if es.n_missing_label:
         dropped.append({"rows": es.n_missing_label, "reason": f"empty '{label}'"})

@@ -1,10 +1,9 @@
-"""Test metrics of a probe, its baselines, and the confusion-matrix figure (pure functions, plus one PNG writer)."""
+"""Test metrics of a probe and its baselines, and the t-interval over seeds (pure functions)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from scipy import stats as sps
@@ -61,31 +60,3 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> dict:
     sd = float(v.std(ddof=1))
     half = float(sps.t.ppf(0.5 + level / 2, v.size - 1) * sd / math.sqrt(v.size))
     return {"mean": mean, "ci_lo": mean - half, "ci_hi": mean + half, "sd": sd, "n": int(v.size)}
-
-
-def save_confusion_png(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = np.asarray(matrix, dtype=np.float64)
-    rows = m.sum(axis=1, keepdims=True)
-    share = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
-    size = 2.5 + 0.45 * len(class_names)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            if m[i, j]:
-                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if share[i, j] > 0.5 else "black")
-    fig.colorbar(image, ax=ax, label="share of the true class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)

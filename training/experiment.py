@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,16 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedders.store.atomic import atomic_path, atomic_write_bytes
+from analysis.report.plots import confusion_png
+from embedders.store.atomic import atomic_path, atomic_write_bytes, write_json
 from training.classifier_data import TaskData
-from training.classifier_metrics import (
-    classification_metrics,
-    majority_baseline,
-    mean_baseline,
-    regression_metrics,
-    save_confusion_png,
-    t_interval,
-)
+from training.classifier_metrics import classification_metrics, majority_baseline, mean_baseline, regression_metrics, t_interval
 from training.classifiers import build_model, resolve_spec, takes_lengths
 
 MODEL_FILE = "best_model.pth"
@@ -219,11 +212,10 @@ class ClassificationExperiment:
         if self.data.task == "classification":
             matrix = {"class_names": self.data.class_names, "matrix": results["test"]["confusion_matrix"],
                       "rows": "true class", "columns": "predicted class", "split": "test"}
-            atomic_write_bytes(save_dir / "confusion_matrix.json", json.dumps(matrix, indent=2).encode())
-            with atomic_path(save_dir / "confusion_matrix.png") as tmp:
-                save_confusion_png(matrix["matrix"], self.data.class_names, tmp,
-                                   f"{self.data.provenance.get('label')} · {self.data.provenance.get('medium')} · "
-                                   f"test accuracy {results['test']['accuracy']:.3f}")
+            write_json(save_dir / "confusion_matrix.json", matrix)
+            atomic_write_bytes(save_dir / "confusion_matrix.png", confusion_png(
+                matrix["matrix"], self.data.class_names, f"{self.data.provenance.get('label')} · "
+                f"{self.data.provenance.get('medium')} · test accuracy {results['test']['accuracy']:.3f}"))
         return record
 
     @classmethod
@@ -261,14 +253,6 @@ class ClassificationExperiment:
         exp.uses_lengths = data.embedding_type == "sequence" and takes_lengths(exp.model)
         exp.history, exp.best_epoch = [], state.get("best_epoch")
         return exp
-
-
-def write_json(path, record: dict) -> None:
-    """Atomic, indented, strict JSON: numpy values become plain numbers and lists, NaN/inf become
-    null (one seed has no interval), anything else unknown its string."""
-    from analysis.report.compare_outputs import json_safe
-
-    atomic_write_bytes(Path(path), json.dumps(json_safe(record), indent=2, default=str, allow_nan=False).encode())
 
 
 def shuffled_labels(data: TaskData, seed: int) -> TaskData:

@@ -9,9 +9,7 @@ with the same run name) and ``report`` (metrics + a checkpoint every epoch, from
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,19 +20,17 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from analysis.report.embedding_map_page import animation_page, scatter_page
+from embedders.store.atomic import atomic_write_bytes, write_json
 from embedders.symbolic.midi_transformer import tokenizer as tk
 from embedders.symbolic.midi_transformer.transformer import MIDITransformerConfig, MIDITransformerEncoder, save_checkpoint, unwrap
 from training.length_buckets import LengthBucketBatchSampler
 from training.midi_datasets import MIDIDatasetDynamic, MIDIDatasetPresaved, collate
 from training.pretrain_loop import evaluate, make_optimizer, make_scheduler, train_one_epoch
-from training.visualize import animation_page, file_embeddings, scatter_page, tsne_2d
+from training.visualize import file_embeddings, tsne_2d
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
-
-
-class InjectedFailure(RuntimeError):
-    """Raised once by the fault-injection hook of the tests (a worker dying mid-run)."""
 
 
 def make_dataset(cfg: dict[str, Any], files: list[str], tokenizer, chunks: str = "all"):
@@ -79,12 +75,15 @@ def _visualise(cfg, model, viz_ds, device, pad_id, epoch, frames, run_dir: Path,
     coords = tsne_2d(emb[ok], seed=cfg["seed"], init=init if init is not None and len(init) == ok.sum() else None)
     frames.append([epoch, coords.tolist()])
     color = cfg["mlflow"]["color_by"]
-    name = cfg["model_name"]
-    page = scatter_page(coords, meta[ok].reset_index(drop=True), color,
-                        f"{name}: file embeddings, epoch {epoch} (t-SNE, coloured by {color})",
-                        run_dir / "viz" / f"embeddings_epoch{epoch:03d}.html")
-    anim = animation_page([(e, np.asarray(c)) for e, c in frames], meta[ok].reset_index(drop=True), color,
-                          f"{name}: how file embeddings move across epochs", run_dir / "viz" / "embeddings_animation.html")
+    if color not in meta.columns:
+        raise ValueError(f"mlflow.color_by: no column '{color}'; info.csv has {list(meta.columns)}")
+    name, shown = cfg["model_name"], meta[ok].reset_index(drop=True)
+    page = run_dir / "viz" / f"embeddings_epoch{epoch:03d}.html"
+    anim = run_dir / "viz" / "embeddings_animation.html"
+    atomic_write_bytes(page, scatter_page(coords, shown, color, f"{name}: file embeddings, epoch {epoch} "
+                                                                f"(t-SNE, coloured by {color})").encode())
+    atomic_write_bytes(anim, animation_page([(e, np.asarray(c)) for e, c in frames], shown, color,
+                                            f"{name}: how file embeddings move across epochs").encode())
     if client is not None:
         for path in (page, anim):
             client.log_artifact(cfg["mlflow"]["run_id"], str(path), artifact_path="viz")
@@ -171,15 +170,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "epoch": epoch, "best_val_loss": best_val, "history": history, "viz_frames": frames},
                            Path(tmp) / STATE_FILE)
-                (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+                write_json(run_dir / "history.json", history)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
-        _maybe_fail(cfg, epoch, rank)
 
-
-def _maybe_fail(cfg: dict[str, Any], epoch: int, rank: int) -> None:
-    """Test hook: die once after ``fail_at_epoch`` (a marker file makes the restarted worker go on)."""
-    marker = cfg.get("fail_marker")
-    if cfg.get("fail_at_epoch") == epoch and rank == 0 and marker and not os.path.exists(marker):
-        Path(marker).write_text(f"failed after epoch {epoch}\n")
-        raise InjectedFailure(f"injected worker failure after epoch {epoch}")

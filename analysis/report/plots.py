@@ -1,4 +1,4 @@
-"""Figures for the comparison report: arrays in, plotly figures out (no files, no state).
+"""Figures: arrays in, plotly figures (or PNG bytes) out; no files, no state.
 
 * ``pca_2d``: 2-D PCA of z-scored features (each feature scaled to unit variance first, so no
   single large-valued feature decides the map).
@@ -6,10 +6,12 @@
 * ``rdm_heatmaps``: cosine-distance RDMs of both media on the same rows, as within-medium ranks
   (RSA compares ranks, so both panels share one 0-1 colour scale).
 * ``null_histograms``: per metric, the permutation null as a histogram and the observed value.
+* ``confusion_png``: a classifier's confusion matrix as a PNG image (matplotlib), rows as shares.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import numpy as np
@@ -80,9 +82,9 @@ def embedding_maps(coords_a: np.ndarray, coords_s: np.ndarray, hover: Sequence[s
                                          marker={**marker, "color": palette[j % len(palette)]}), 1, col)
     for col in (1, 2):
         ev = explained[col - 1] if explained is not None else None
-        suffix = (lambda j: f" ({100 * ev[j]:.0f}% var.)") if ev is not None else (lambda j: "")
-        fig.update_xaxes(title_text="PC 1" + suffix(0), row=1, col=col)
-        fig.update_yaxes(title_text="PC 2" + suffix(1), row=1, col=col)
+        suffix = ["" if ev is None else f" ({100 * ev[j]:.0f}% var.)" for j in (0, 1)]
+        fig.update_xaxes(title_text="PC 1" + suffix[0], row=1, col=col)
+        fig.update_yaxes(title_text="PC 2" + suffix[1], row=1, col=col)
     fig.update_layout(template="plotly_white", height=520, legend_title_text=color_name or "",
                       margin={"t": 60, "l": 60, "r": 20, "b": 50})
     return fig
@@ -131,7 +133,7 @@ def rdm_heatmaps(Xa: np.ndarray, Xs: np.ndarray, ids: Sequence[str], labels=None
         fig.update_xaxes(**axis, tickangle=-60, row=1, col=col)
         fig.update_yaxes(**axis, autorange="reversed", row=1, col=col)
         for b in bounds:
-            for kind, coords in (("x", dict(x0=b, x1=b, y0=-0.5, y1=n - 0.5)), ("y", dict(y0=b, y1=b, x0=-0.5, x1=n - 0.5))):
+            for coords in (dict(x0=b, x1=b, y0=-0.5, y1=n - 0.5), dict(y0=b, y1=b, x0=-0.5, x1=n - 0.5)):
                 fig.add_shape(type="line", **coords, line={"color": "white", "width": 1}, row=1, col=col)
     fig.update_layout(template="plotly_white", height=620, margin={"t": 60, "l": 110, "r": 20, "b": 110})
     return fig
@@ -149,7 +151,7 @@ def null_histograms(items: Sequence[tuple[str, np.ndarray, float, float]], cols:
     titles = [f"{name}<br>p = {p:.2g}" if np.isfinite(p) else name for name, _, _, p in items]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=0.5 / rows,
                         horizontal_spacing=0.06)
-    for k, (name, null, observed, _) in enumerate(items):
+    for k, (_, null, observed, _) in enumerate(items):
         r, c = k // cols + 1, k % cols + 1
         null = np.asarray(null, dtype=np.float64)
         null = null[np.isfinite(null)]
@@ -168,3 +170,35 @@ def null_histograms(items: Sequence[tuple[str, np.ndarray, float, float]], cols:
     fig.update_layout(template="plotly_white", height=max(300, 230 * rows), bargap=0,
                       margin={"t": 60, "l": 40, "r": 20, "b": 30}, legend={"orientation": "h", "y": 1.02 + 0.1 / rows})
     return fig
+
+
+def confusion_png(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> bytes:
+    """PNG of a (C, C) confusion matrix (rows: true class, columns: predicted), coloured by each row's
+    share of its true class and annotated with the counts (empty cells left blank)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(matrix, dtype=np.float64)
+    rows = m.sum(axis=1, keepdims=True)
+    share = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    size = 2.5 + 0.45 * len(class_names)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if m[i, j]:
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format="png")
+    plt.close(fig)
+    return buf.getvalue()

@@ -19,52 +19,47 @@ library's default) is the default, the music checkpoints need ``amodel=HTSAT-bas
 values that do. How the audio tower is built and loaded without importing laion_clap's package
 (and so without torchvision, transformers or any download) is in embedders/audio/clap_model.py.
 
-Compute: windows of every item in a call are batched, ``batch_size`` per forward pass, on CUDA when
-visible (a Ray actor with ``num_gpus``). ``precision`` auto = bf16 autocast on CUDA (fp16 where bf16
-is unsupported), fp32 on CPU; the spectrogram front end always runs in fp32.
+Compute (device, precision, model cache, hashing: embedders/torch_embedder.py): ``prepare`` checks
+the waveform and does the int16 round trip; windows of every item in a call are batched,
+``batch_size`` per forward pass (0: 64 on CUDA, 8 on CPU). ``precision`` auto = bf16 autocast on
+CUDA (fp16 without native bf16), fp32 on CPU; the spectrogram front end always runs in IEEE fp32.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import inspect
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from embedders.audio import clap_model
-from embedders.audio.clap_model import AMODELS, JOINT_DIM, checkpoint_sha256, file_key
-from embedders.base import AudioDecodeError, ConfigError, Embedder, EmbedderConfig, EmptyInputError, FrameGrid
-from embedders.devices import cuda_autocast_dtype, torch_device
+from embedders.audio.clap_model import AMODELS, HOW_TO_GET, JOINT_DIM
+from embedders.base import ConfigError, EmbedderConfig, FrameGrid
 from embedders.registry import register
+from embedders.torch_embedder import TorchEmbedder, TorchEmbedderConfig, validate_waveform
 
 SAMPLE_RATE = 48000
 CLIP_SAMPLES = 480000  # 10 s: the input length of every published CLAP audio encoder
 FILLINGS = ("repeatpad", "pad", "repeat")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_MODELS: dict[tuple, Any] = {}  # per process (Ray actor): loaded towers, keyed by file version and device
 
 
 @dataclasses.dataclass(frozen=True)
-class CLAPConfig(EmbedderConfig):
-    checkpoint: str = ""  # a LAION-CLAP .pt file (--audio_checkpoint); required
+class CLAPConfig(TorchEmbedderConfig):
+    embedder: ClassVar[str] = "clap"
+
+    # checkpoint: a LAION-CLAP .pt file (--audio_checkpoint); required.
+    # batch_size: 10 s windows per forward pass; 0: 64 on CUDA, 8 on CPU
     amodel: str = "HTSAT-tiny"  # HTSAT-base for the music_* checkpoints
     enable_fusion: bool = False  # true for the *fusion-best.pt checkpoints
     window_seconds: float = 10.0  # at most 10 (the clip length CLAP was trained on)
     hop_seconds: float = 10.0  # 10: each instant in one frame; 5: half-overlapping windows
     data_filling: str = "repeatpad"  # how a window shorter than 10 s is filled, as the library names it
     quantize_int16: bool = True  # int16 round trip first, as the library does with numpy input
-    batch_size: int = 0  # 10 s windows per forward pass; 0: 64 on CUDA, 8 on CPU
-    device: str = "auto"  # auto: cuda when visible (a Ray actor with num_gpus), else cpu
-    precision: str = "auto"  # auto: bf16 (fp16 without bf16) autocast on CUDA, fp32 on CPU; fp32 | bf16 | fp16
 
     def __post_init__(self) -> None:
-        for field, value, choices in (("amodel", self.amodel, AMODELS), ("data_filling", self.data_filling, FILLINGS),
-                                      ("precision", self.precision, PRECISIONS)):
+        super().__post_init__()
+        for field, value, choices in (("amodel", self.amodel, AMODELS), ("data_filling", self.data_filling, FILLINGS)):
             if value not in choices:
                 raise ConfigError(f"clap: {field} must be one of {list(choices)}, got {value!r}")
         FrameGrid(self.hop_seconds, self.window_seconds)  # both > 0
@@ -74,10 +69,6 @@ class CLAPConfig(EmbedderConfig):
         for field, value in (("hop_seconds", self.hop_seconds), ("window_seconds", self.window_seconds)):
             if abs(value * SAMPLE_RATE - round(value * SAMPLE_RATE)) > 1e-6:
                 raise ConfigError(f"clap: {field} * {SAMPLE_RATE} must be a whole number of samples, got {value}")
-        if self.batch_size < 0:
-            raise ConfigError(f"clap: batch_size must be >= 0 (0: automatic), got {self.batch_size}")
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ConfigError(f"clap: device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 def quantize_int16(x: np.ndarray) -> np.ndarray:
@@ -98,7 +89,7 @@ def fill_window(x: np.ndarray, mode: str) -> np.ndarray:
 
 
 @register
-class CLAP(Embedder):
+class CLAP(TorchEmbedder):
     name: ClassVar[str] = "clap"
     modality: ClassVar[str] = "audio"
     sample_rate: ClassVar[int] = SAMPLE_RATE
@@ -106,94 +97,75 @@ class CLAP(Embedder):
     dim = JOINT_DIM
     hop_seconds = 10.0
     default_batch_size: ClassVar[int] = 8  # recordings per call; their windows are batched together
+    network_fields: ClassVar[tuple[str, ...]] = ("amodel", "enable_fusion")
+    source_modules: ClassVar[tuple[str, ...]] = ("embedders.audio.clap_model",)
+    forward_batch: ClassVar[dict[str, int]] = {"cpu": 8, "cuda": 64}
+    packages: ClassVar[tuple[str, ...]] = ("laion-clap", "torchlibrosa", "librosa")
+    how_to_get: ClassVar[str] = HOW_TO_GET
+    weights_label: ClassVar[str] = "LAION-CLAP checkpoint"
+    cudnn_benchmark: ClassVar[bool] = True  # every window is 480000 samples
 
-    def __init__(self, config: CLAPConfig | None = None):
-        super().__init__(config)
+    def __init__(self, config: CLAPConfig | None = None, *, load: bool = True):
+        super().__init__(config, load=load)
         cfg: CLAPConfig = self.config  # type: ignore[assignment]
-        clap_model.htsat_module()  # a missing extra fails before the checkpoint is looked for
-        self.device = torch_device("clap", cfg.device)
-        self.autocast_dtype = cuda_autocast_dtype("clap", cfg.precision, self.device)
-        self.batch_size = cfg.batch_size or (64 if self.device.type == "cuda" else 8)
         self.grid = FrameGrid(cfg.hop_seconds, cfg.window_seconds)
         self.hop_seconds = cfg.hop_seconds
         self.hop_samples = int(round(cfg.hop_seconds * SAMPLE_RATE))
         self.window_samples = int(round(cfg.window_seconds * SAMPLE_RATE))
-        key = (*file_key(cfg.checkpoint), cfg.amodel, cfg.enable_fusion, str(self.device))
-        if key not in _MODELS:  # one load per process, however often the embedder is rebuilt
-            tower, meta = clap_model.load_tower(cfg.checkpoint, cfg.amodel, cfg.enable_fusion)
-            _MODELS[key] = (tower.to(self.device), meta)
-        self.model, self.checkpoint_meta = _MODELS[key]
 
-    # -- self-description --------------------------------------------------------------------
-    @classmethod
-    def source_hash(cls) -> str:
-        """Also the model file: a change there changes outputs."""
-        digest = hashlib.sha256(super().source_hash().encode())
-        digest.update(inspect.getsource(clap_model).encode())
-        return digest.hexdigest()[:16]
+    def check_dependencies(self) -> None:
+        clap_model.htsat_module()
 
-    @classmethod
-    def hash_config(cls, config: EmbedderConfig) -> str:
-        """Also the checkpoint's digest: other weights at the same path give a new hash."""
-        base = super().hash_config(config)
-        return hashlib.sha256(f"{base}:{checkpoint_sha256(config.checkpoint)}".encode()).hexdigest()[:16]  # type: ignore[attr-defined]
+    def load_model(self, path: str):
+        cfg: CLAPConfig = self.config  # type: ignore[assignment]
+        tower, meta = clap_model.load_tower(path, cfg.amodel, cfg.enable_fusion)
+        tower.checkpoint_meta = meta
+        return tower
+
+    @property
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return self.model.checkpoint_meta
 
     @classmethod
-    def describe_config(cls, config: EmbedderConfig) -> dict[str, Any]:
-        from importlib.metadata import PackageNotFoundError, version
-
-        out = super().describe_config(config)
-        path = config.checkpoint  # type: ignore[attr-defined]
-        out.update(window_seconds=config.window_seconds, clip_samples=CLIP_SAMPLES,  # type: ignore[attr-defined]
-                   checkpoint_file=os.path.basename(path), checkpoint_sha256=checkpoint_sha256(path))
-        for package in ("laion-clap", "torchlibrosa", "librosa"):
-            try:
-                out[f"{package}_version"] = version(package)
-            except PackageNotFoundError:
-                out[f"{package}_version"] = None
+    def describe_config(cls, config: EmbedderConfig, *, cuda: bool | None = None) -> dict[str, Any]:
+        out = super().describe_config(config, cuda=cuda)
+        out.update(window_seconds=config.window_seconds, clip_samples=CLIP_SAMPLES)  # type: ignore[attr-defined]
         return out
 
     # -- embedding ---------------------------------------------------------------------------
-    def _waveform(self, audio: np.ndarray) -> np.ndarray:
-        x = np.asarray(audio, dtype=np.float32)
-        if x.ndim != 1:
-            raise ValueError(f"clap expects a mono 1-D waveform at {SAMPLE_RATE} Hz, got shape {x.shape}")
-        if x.size == 0:
-            raise EmptyInputError(None, "zero-length audio")
-        if not np.isfinite(x).all():
-            raise AudioDecodeError(None, "audio contains NaN or infinite samples")
+    def prepare(self, audio: np.ndarray) -> np.ndarray:
+        """The validated waveform, through int16 and back as the library does (``quantize_int16``)."""
+        x = validate_waveform(self.name, audio, SAMPLE_RATE)
         return quantize_int16(x) if self.config.quantize_int16 else x  # type: ignore[attr-defined]
 
     def windows(self, audio: np.ndarray) -> Iterator[np.ndarray]:
         """One recording's frames as (480000,) float32 model inputs, in order (T = FrameGrid.n_frames)."""
-        return self._windows(self._waveform(audio))
+        return self._windows(self.prepare(audio))
 
     def _windows(self, x: np.ndarray) -> Iterator[np.ndarray]:
         for t in range(self.grid.n_frames(len(x) / SAMPLE_RATE)):
             start = t * self.hop_samples
             yield fill_window(x[start:start + self.window_samples], self.config.data_filling)  # type: ignore[attr-defined]
 
-    def _forward(self, batch: list[np.ndarray]) -> np.ndarray:
+    def _forward_windows(self, batch: list[np.ndarray]) -> np.ndarray:
         import torch
 
-        wave = torch.from_numpy(np.stack(batch)).to(self.device)  # (B, 480000)
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
-                    else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
-            return self.model(wave).cpu().numpy()  # (B, 512) float32
+        wave = self.to_device(torch.from_numpy(np.stack(batch)))  # (B, 480000)
+        with self.inference():
+            return self.model(wave).float().cpu().numpy()  # (B, 512)
 
-    def embed(self, items: Sequence[np.ndarray]) -> list[np.ndarray]:
-        waves = [self._waveform(a) for a in items]  # every item is validated before any forward pass
-        counts = [self.grid.n_frames(len(x) / SAMPLE_RATE) for x in waves]
+    def forward(self, prepared: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Prepared waveforms -> (T_i, 512) per item; at most ``batch_size`` windows are held at once."""
+        counts = [self.grid.n_frames(len(x) / SAMPLE_RATE) for x in prepared]
         out = np.empty((sum(counts), self.dim), dtype=np.float32)
         batch, row = [], 0
-        for x in waves:  # windows of consecutive items share forward passes; at most batch_size are held
+        for x in prepared:  # windows of consecutive items share forward passes
             for window in self._windows(x):
                 batch.append(window)
                 if len(batch) == self.batch_size:
-                    out[row:row + len(batch)] = self._forward(batch)
+                    out[row:row + len(batch)] = self._forward_windows(batch)
                     row, batch = row + len(batch), []
         if batch:
-            out[row:row + len(batch)] = self._forward(batch)
+            out[row:row + len(batch)] = self._forward_windows(batch)
         bounds = np.cumsum([0, *counts])
-        return [self.check_output(None, out[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

@@ -31,7 +31,6 @@ paged in); ``text_branch.*`` (and its ``position_ids``), ``text_projection.*``, 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -46,8 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from embedders import checkpoint_files
 from embedders.base import CheckpointError, MissingDependencyError
+from embedders.torch_embedder import fp32_module
 
 AMODELS = ("HTSAT-tiny", "HTSAT-base", "HTSAT-large")
 JOINT_DIM = 512  # CLAP's joint embedding width: audio_projection's output
@@ -65,7 +64,6 @@ HOW_TO_GET = (f"download a LAION-CLAP checkpoint from {WEIGHTS_URL} ("
               + "; released by the LAION-CLAP project, whose code is CC0-1.0) and pass it with --audio_checkpoint "
               "PATH (embedder option checkpoint=PATH). This embedder never downloads")
 _PRIVATE = "embedders_audio_clap_laion"  # laion_clap/clap_module, loaded without laion_clap's __init__ files
-_CACHE: dict[tuple, Any] = {}  # per process: file digests, keyed by file version
 
 
 # -- laion_clap's HTSAT, without laion_clap's package __init__ --------------------------------
@@ -176,66 +174,13 @@ def build_tower(amodel: str, enable_fusion: bool):
     return ClapAudioTower()
 
 
-@contextlib.contextmanager
-def _ieee_fp32_convolutions(active: bool):
-    """cuDNN convolutions in true fp32 (not TF32, cuDNN's default) while active."""
-    import torch
-
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if not active:
-        yield
-    elif conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
-        previous, conv.fp32_precision = conv.fp32_precision, "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision = previous
-    else:
-        previous, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32 = previous
-
-
-def _fp32(inner):
-    """Run a front-end module in fp32: outside autocast, and without TF32 for its STFT convolution (a power
-    spectrum in dB spans ~100 dB; fp16 / bf16 / TF32 inputs would put a noise floor some 50-70 dB down)."""
-    import torch
-
-    class FP32FrontEnd(torch.nn.Module):
-        def __init__(self, wrapped: torch.nn.Module):
-            super().__init__()
-            self.inner = wrapped
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(x.device.type, enabled=False), _ieee_fp32_convolutions(x.is_cuda):
-                return self.inner(x.float())
-
-    return FP32FrontEnd(inner)
-
-
 # -- checkpoints ------------------------------------------------------------------------------
-def file_key(path: str) -> tuple[str, int, int]:
-    """(absolute path, size, mtime): identifies one version of a checkpoint file."""
-    if not path:
-        raise CheckpointError(f"embedder 'clap' needs a checkpoint: {HOW_TO_GET}")
-    try:
-        return checkpoint_files.file_key(path)
-    except OSError:
-        raise CheckpointError(f"LAION-CLAP checkpoint not found: {path}; {HOW_TO_GET}") from None
-
-
-def checkpoint_sha256(path: str) -> str:
-    file_key(path)  # a missing file raises CheckpointError with where to get it
-    return checkpoint_files.file_sha256(path)
-
-
 def read_audio_state(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(``audio_branch.*`` + ``audio_projection.*`` tensors without ``module.``, facts about the file)."""
     import torch
 
-    file_key(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"LAION-CLAP checkpoint not found: {path}; {HOW_TO_GET}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
@@ -291,6 +236,10 @@ def load_tower(path: str, amodel: str, enable_fusion: bool):
             f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {[(k, got[k], expected[k]) for k in wrong[:3]]} "
             f"({len(missing)}/{len(unexpected)}/{len(wrong)} in all)")
     tower.load_state_dict(audio, strict=True)
-    branch = tower.audio_branch  # wrapped after loading, so the keys above stay the library's
-    branch.spectrogram_extractor, branch.logmel_extractor = _fp32(branch.spectrogram_extractor), _fp32(branch.logmel_extractor)
+    branch = tower.audio_branch
+    # Wrapped after loading, so the keys above stay the library's; the front end always runs in IEEE
+    # fp32 (a power spectrum in dB spans ~100 dB; fp16 / bf16 / TF32 inputs would put a noise floor
+    # some 50-70 dB down).
+    branch.spectrogram_extractor = fp32_module(branch.spectrogram_extractor)
+    branch.logmel_extractor = fp32_module(branch.logmel_extractor)
     return tower.eval().requires_grad_(False), meta

@@ -31,18 +31,29 @@ librosa no longer reproduces (its ``norm=1`` changed meaning). OpenL3 trained on
 either size loads for both, while a file named for another input_repr or content_type is refused
 (music and env weights have the same shapes: only the name tells them apart).
 
-Compute: frames of every item in a call are batched together, ``batch_size`` windows per forward,
-on CUDA when visible (a Ray actor with ``num_gpus``). ``precision`` auto = bf16 autocast on CUDA
-(fp16 where bf16 is unsupported), fp32 on CPU; the dB front end always runs in fp32 (its power
-spectrum overflows fp16 and its 1e-10 floor underflows it), only the CNN runs in reduced precision.
+Average: the store's ``average`` is the mean over the frames OpenL3 itself would compute, those up
+to and including the first window that reaches the end of the audio (with ``center`` its start is
+padded by half a window). The grid keeps later frames so it lines up with the other embedders, but
+they only see the same tail again under more zero padding. These are exactly torchopenl3's frames,
+so the average equals the mean of ``get_audio_embedding``'s output.
+
+Presets: ``preset=reference`` (``--audio_option preset=reference``) is torchopenl3's defaults:
+mel256, music, 6144-d, hop 0.1 s, centred windows. The default (no preset) is 512-d on the
+project's 0.5 s grid, frames starting at their time stamp.
+
+Compute (device, precision, model cache, hashing: embedders/torch_embedder.py): windows of every
+item in a call are batched together, ``batch_size`` per forward (0: 128 on CUDA, 1 on CPU), framed
+on the host and copied to the device one batch at a time, so a long recording costs device memory
+for one batch only. ``precision`` auto = bf16 autocast on CUDA (fp16 without native bf16), fp32 on
+CPU; the dB front end always runs in IEEE fp32 (its power spectrum overflows fp16, its 1e-10
+floor underflows it, and TF32 would move dB values), only the CNN runs in reduced precision.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import io
+import math
 import os
 import pickle
 import re
@@ -53,35 +64,28 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from embedders import checkpoint_files
-from embedders.base import (
-    AudioDecodeError,
-    CheckpointError,
-    ConfigError,
-    Embedder,
-    EmbedderConfig,
-    EmptyInputError,
-    FrameGrid,
-    MissingDependencyError,
-)
-from embedders.devices import cuda_autocast_dtype, torch_device
+from embedders.base import CheckpointError, ConfigError, EmbedderConfig, FrameGrid, MissingDependencyError
 from embedders.registry import register
+from embedders.torch_embedder import TorchEmbedder, TorchEmbedderConfig, fp32_module
 
 SAMPLE_RATE = 48000
 WINDOW_SECONDS = 1.0
 CONTENT_TYPES = ("music", "env")
 INPUT_REPRS = ("mel256", "mel128", "linear")
 EMBEDDING_SIZES = (512, 6144)
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 WEIGHTS_URL = "https://github.com/torchopenl3/torchopenl3-models/raw/master/"
 WEIGHTS_LICENCE = ("the torchopenl3-models repository releases these ports of the OpenL3 weights under "
                    "Apache-2.0; the original OpenL3 release (github.com/marl/openl3) is MIT-licensed")
 _NAME_RE = re.compile(r"^torchopenl3_(linear|mel128|mel256)_(music|env)_(512|6144)\.pth\.tar$")
-_CACHE: dict[tuple, Any] = {}  # per process: models and file digests, keyed by file version
+#: torchopenl3's ``get_audio_embedding`` defaults (OpenL3's own, but for the sampler).
+REFERENCE = {"input_repr": "mel256", "content_type": "music", "embedding_size": 6144, "hop_seconds": 0.1,
+             "center": True}
 
 
 @dataclasses.dataclass(frozen=True)
-class OpenL3Config(EmbedderConfig):
+class OpenL3Config(TorchEmbedderConfig):
+    embedder: ClassVar[str] = "openl3"
+
     content_type: str = "music"  # music | env: which training data the weights come from
     input_repr: str = "mel256"  # mel256 | mel128 | linear: OpenL3's default is mel256
     # 512 | 6144. 512 by default: 6144 floats per half second is ~176 MB per hour of audio in the
@@ -89,18 +93,15 @@ class OpenL3Config(EmbedderConfig):
     embedding_size: int = 512
     hop_seconds: float = 0.5  # 0.5: the project's FrameGrid (same frames as melstats)
     center: bool = False  # False: frame t starts at t * hop; True: centred on it (OpenL3's default)
-    checkpoint: str = ""  # weights file; "" = torch hub's cache, where torchopenl3 keeps it
-    # 1 s windows per forward pass; 0: 128 on CUDA, 1 on CPU, where larger batches only cost (one
-    # thread, mel256: 45 CPU s per audio minute at 1, 46 at 2, 59 at 4, 67 at 16; activations outgrow the cache)
-    batch_size: int = 0
-    device: str = "auto"  # auto: cuda when visible (a Ray actor with num_gpus), else cpu
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; fp32 | bf16 | fp16
+    # checkpoint: "" = torch hub's cache, where torchopenl3 keeps it. batch_size: 1 s windows per
+    # forward pass; 0: 128 on CUDA, 1 on CPU, where larger batches only cost (one thread, mel256:
+    # 45 CPU s per audio minute at 1, 46 at 2, 59 at 4, 67 at 16; activations outgrow the cache)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for field, value, choices in (("content_type", self.content_type, CONTENT_TYPES),
                                       ("input_repr", self.input_repr, INPUT_REPRS),
-                                      ("embedding_size", self.embedding_size, EMBEDDING_SIZES),
-                                      ("precision", self.precision, PRECISIONS)):
+                                      ("embedding_size", self.embedding_size, EMBEDDING_SIZES)):
             if value not in choices:
                 raise ConfigError(f"openl3: {field} must be one of {list(choices)}, got {value!r}")
         if not self.hop_seconds > 0:
@@ -110,10 +111,6 @@ class OpenL3Config(EmbedderConfig):
                               f"got hop_seconds={self.hop_seconds}")
         if not isinstance(self.center, bool):
             raise ConfigError(f"openl3: center must be true or false, got {self.center!r}")
-        if self.batch_size < 0:
-            raise ConfigError(f"openl3: batch_size must be >= 0 (0: automatic), got {self.batch_size}")
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ConfigError(f"openl3: device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     @property
     def window_seconds(self) -> float:
@@ -162,10 +159,6 @@ def weights_path(config: OpenL3Config) -> str:
         raise CheckpointError(f"OpenL3 weights {config.weights_file_name} are neither given (checkpoint / "
                               f"--audio_checkpoint) nor in torch hub's cache at {path}; {how_to_get(config)}")
     return path
-
-
-_file_key = checkpoint_files.file_key
-weights_sha256 = checkpoint_files.file_sha256
 
 
 def read_state_dict(path: str) -> dict[str, Any]:
@@ -224,29 +217,20 @@ def build_model(config: OpenL3Config, state: dict[str, Any]):
             f"unexpected {unexpected[:5]}, wrong shape {[(k, got[k], expected[k]) for k in wrong[:3]]} "
             f"({len(missing)}/{len(unexpected)}/{len(wrong)} in all); is input_repr right for this file?")
     model.load_state_dict(state, strict=True)
-    model.speclayer = _fp32_front_end(model.speclayer)  # after loading: keys stay torchopenl3's
+    model.speclayer = fp32_module(model.speclayer)  # after loading: keys stay torchopenl3's
     return model.eval().requires_grad_(False)
 
 
-def _fp32_front_end(inner):
-    """Wrap the spectrogram front end to run outside autocast: fp16 would overflow its power spectrum."""
-    import torch
-
-    class FP32FrontEnd(torch.nn.Module):
-        def __init__(self, wrapped: torch.nn.Module):
-            super().__init__()
-            self.inner = wrapped
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(x.device.type, enabled=False):
-                return self.inner(x.float())
-
-    return FP32FrontEnd(inner)
-
-
 # -- the embedder ----------------------------------------------------------------------------
+def averaged_frames(n_samples: int, n_frames: int, hop: int, window: int, center: bool) -> int:
+    """How many leading frames enter the average: up to the first window reaching the audio's end."""
+    end = n_samples + (window // 2 if center else 0)  # in the (left-padded) frame coordinates
+    first_at_end = max(0, math.ceil((end - window) / hop))
+    return min(n_frames, first_at_end + 1)
+
+
 @register
-class OpenL3(Embedder):
+class OpenL3(TorchEmbedder):
     name: ClassVar[str] = "openl3"
     modality: ClassVar[str] = "audio"
     sample_rate: ClassVar[int] = SAMPLE_RATE
@@ -254,24 +238,31 @@ class OpenL3(Embedder):
     dim = 512  # default config; 6144 with embedding_size=6144
     hop_seconds = 0.5
     default_batch_size: ClassVar[int] = 8  # recordings per call; frames are batched across them
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"reference": REFERENCE}
+    network_fields: ClassVar[tuple[str, ...]] = ("content_type", "input_repr", "embedding_size")
+    forward_batch: ClassVar[dict[str, int]] = {"cpu": 1, "cuda": 128}
+    packages: ClassVar[tuple[str, ...]] = ("torchopenl3",)
+    weights_term: ClassVar[str] = "weights"
+    channels_last: ClassVar[bool] = True  # a 2-D CNN over (B, 1, bands, frames) spectrograms
+    cudnn_benchmark: ClassVar[bool] = True  # every window is (1, 48000)
 
-    def __init__(self, config: OpenL3Config | None = None):
-        super().__init__(config)
+    def __init__(self, config: OpenL3Config | None = None, *, load: bool = True):
+        super().__init__(config, load=load)
         cfg: OpenL3Config = self.config  # type: ignore[assignment]
-        _import_torchopenl3()  # a missing extra fails before the weights are looked for
-        self.device = torch_device("openl3", cfg.device)
-        self.autocast_dtype = cuda_autocast_dtype("openl3", cfg.precision, self.device)
-        self.batch_size = cfg.batch_size or (128 if self.device.type == "cuda" else 1)
         self.grid = FrameGrid(cfg.hop_seconds, WINDOW_SECONDS)
         self.hop_seconds = cfg.hop_seconds
         self.hop_samples = int(round(cfg.hop_seconds * SAMPLE_RATE))
         self.window_samples = int(WINDOW_SECONDS * SAMPLE_RATE)
-        self.weights_path = weights_path(cfg)
-        key = ("model", *_file_key(self.weights_path), cfg.content_type, cfg.input_repr, cfg.embedding_size,
-               str(self.device))
-        if key not in _CACHE:  # one load per process, however often the embedder is rebuilt
-            _CACHE[key] = build_model(cfg, read_state_dict(self.weights_path)).to(self.device)
-        self.model = _CACHE[key]
+
+    def check_dependencies(self) -> None:
+        _import_torchopenl3()
+
+    @classmethod
+    def locate_weights(cls, config: EmbedderConfig) -> str:
+        return weights_path(config)  # type: ignore[arg-type]
+
+    def load_model(self, path: str):
+        return build_model(self.config, read_state_dict(path))  # type: ignore[arg-type]
 
     # -- self-description ------------------------------------------------------------------
     @classmethod
@@ -279,61 +270,37 @@ class OpenL3(Embedder):
         return int(config.embedding_size)  # type: ignore[attr-defined]
 
     @classmethod
-    def hash_config(cls, config: EmbedderConfig) -> str:
-        """Also the weights file's digest: other weights at the same path give a new hash."""
-        base = super().hash_config(config)
-        return hashlib.sha256(f"{base}:{weights_sha256(weights_path(config))}".encode()).hexdigest()[:16]  # type: ignore[arg-type]
-
-    @classmethod
-    def describe_config(cls, config: EmbedderConfig) -> dict[str, Any]:
-        from importlib.metadata import PackageNotFoundError, version
-
-        out = super().describe_config(config)
-        path = weights_path(config)  # type: ignore[arg-type]
-        out.update(window_seconds=WINDOW_SECONDS, frame_offset_seconds=-WINDOW_SECONDS / 2 if config.center else 0.0,  # type: ignore[attr-defined]
-                   weights_file=os.path.basename(path), weights_sha256=weights_sha256(path))
-        try:
-            out["torchopenl3_version"] = version("torchopenl3")
-        except PackageNotFoundError:
-            out["torchopenl3_version"] = None
+    def describe_config(cls, config: EmbedderConfig, *, cuda: bool | None = None) -> dict[str, Any]:
+        out = super().describe_config(config, cuda=cuda)
+        out.update(window_seconds=WINDOW_SECONDS, frame_offset_seconds=-WINDOW_SECONDS / 2 if config.center else 0.0)  # type: ignore[attr-defined]
         return out
 
     # -- embedding -------------------------------------------------------------------------
-    def _waveform(self, audio: np.ndarray) -> np.ndarray:
-        x = np.asarray(audio, dtype=np.float32)
-        if x.ndim != 1:
-            raise ValueError(f"openl3 expects a mono 1-D waveform at {SAMPLE_RATE} Hz, got shape {x.shape}")
-        if x.size == 0:
-            raise EmptyInputError(None, "zero-length audio")
-        if not np.isfinite(x).all():
-            raise AudioDecodeError(None, "audio contains NaN or infinite samples")
-        return np.require(x, requirements=["C", "W"])  # torch.from_numpy wants a writable array
-
     def frames(self, audio: np.ndarray):
-        """(T, 48000) view of one waveform's windows on the embedder's device, zero-padded at both ends."""
+        """(T, 48000) CPU view of one waveform's windows, zero-padded at both ends."""
+        return self._frames(self.prepare(audio))
+
+    def _frames(self, x: np.ndarray):
         import torch
         import torch.nn.functional as F
 
-        x = self._waveform(audio)
         n_frames = self.grid.n_frames(len(x) / SAMPLE_RATE)
         left = self.window_samples // 2 if self.config.center else 0  # type: ignore[attr-defined]
         needed = (n_frames - 1) * self.hop_samples + self.window_samples
-        padded = F.pad(torch.from_numpy(x).to(self.device), (left, max(0, needed - left - len(x))))
+        x = np.require(x, np.float32, ["C", "W"])  # a prepared item from another process may be read-only
+        padded = F.pad(torch.from_numpy(x), (left, max(0, needed - left - len(x))))
         return padded.unfold(0, self.window_samples, self.hop_samples)[:n_frames]
 
-    def _forward(self, windows) -> np.ndarray:
-        import torch
-
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
-                    else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
-            out = self.model(windows[:, None, :])  # (B, 1, 48000) -> (B, embedding_size)
+    def _forward_windows(self, windows) -> np.ndarray:
+        with self.inference():
+            out = self.model(self.to_device(windows)[:, None, :])  # (B, 1, 48000) -> (B, embedding_size)
         return out.float().cpu().numpy()
 
-    def embed(self, items: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def forward(self, prepared: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Validated waveforms (``prepare``) -> (T_i, dim) per item; windows batched across items."""
         import torch
 
-        views = [self.frames(a) for a in items]  # validates every item before any forward pass
+        views = [self._frames(x) for x in prepared]
         counts = [len(v) for v in views]
         out = np.empty((sum(counts), self.dim), dtype=np.float32)
         pending, filled, row = [], 0, 0
@@ -344,9 +311,15 @@ class OpenL3(Embedder):
                 pending.append(view[start:start + take])
                 filled, start = filled + take, start + take
                 if filled == self.batch_size:
-                    out[row:row + filled] = self._forward(torch.cat(pending))
+                    out[row:row + filled] = self._forward_windows(torch.cat(pending))
                     pending, row, filled = [], row + filled, 0
         if filled:
-            out[row:row + filled] = self._forward(torch.cat(pending))
+            out[row:row + filled] = self._forward_windows(torch.cat(pending))
         bounds = np.cumsum([0, *counts])
-        return [self.check_output(None, out[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def average(self, prepared: np.ndarray, sequence: np.ndarray) -> np.ndarray:
+        """Mean over the frames torchopenl3 computes (see the module note), not those past the end."""
+        n = averaged_frames(len(prepared), len(sequence), self.hop_samples, self.window_samples,
+                            self.config.center)  # type: ignore[attr-defined]
+        return sequence[:n].mean(axis=0, dtype=np.float64).astype(np.float32)

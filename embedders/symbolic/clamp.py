@@ -20,9 +20,14 @@ Pipeline, as the authors' ``preprocessing/midi/batch_midi2mtf.py --m3_compatible
    these weighted by the number of new patches each contributes (512, ..., n % 512).
 
 Output: ``sequence`` = the per-segment vectors, (T = ceil(n_patches / 512), D = projection_dim);
-frames are segments, not a time grid (``hop_seconds = None``). The store's ``average`` is the
-unweighted mean over segments, which equals the authors' global vector when T == 1 (a piece under
-~510 patches); ``embed_global`` returns the length-weighted one for any T.
+frames are segments, not a time grid (``hop_seconds = None``). ``average`` (what the store keeps as
+the recording's vector, ``embed_items(..., with_average=True)``) is the authors' global vector:
+the segments weighted by the new patches each contributes, not their plain mean (which differs
+once T > 1: up to 2.4% relative L2 on 5-segment files). ``embed_global`` returns it for raw items.
+
+Stages: ``prepare`` (CPU: MIDI -> MTF -> patches, an (n_patches, patch_size) int64 array) and
+``forward`` (segments of every item batched, longest first, on the device). Device, precision,
+model cache and hashing: embedders/torch_embedder.py.
 
 Input: the pipeline hands a ``symusic.Score``; it is written back to MIDI bytes with symusic and
 parsed by mido. That round trip is not byte-identical to the original file: symusic writes note
@@ -37,24 +42,15 @@ bytes are also accepted as items and take the authors' exact path.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from embedders import checkpoint_files
-from embedders.base import (
-    CheckpointError,
-    ConfigError,
-    Embedder,
-    EmbedderConfig,
-    EmptyInputError,
-    MidiDecodeError,
-    MissingDependencyError,
-)
+from embedders.base import ConfigError, EmbedderConfig, EmptyInputError, MidiDecodeError, MissingDependencyError
 from embedders.registry import register
+from embedders.torch_embedder import TorchEmbedder, TorchEmbedderConfig, memo
 
 PAD, BOS, EOS = 0, 1, 2
 HOW_TO_GET = (
@@ -69,13 +65,15 @@ HOW_TO_GET = (
 DROPPED_META = ("text", "copyright", "track_name", "instrument_name", "lyrics", "marker", "cue_marker",
                 "device_name")
 DROPPED_EXTRA = {"clamp3": frozenset(), "clamp2": frozenset({"sequencer_specific", "sysex"})}
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_CACHE: dict[tuple, Any] = {}
 
 
 @dataclasses.dataclass(frozen=True)
-class CLaMPConfig(EmbedderConfig):
-    checkpoint: str = ""
+class CLaMPConfig(TorchEmbedderConfig):
+    embedder: ClassVar[str] = "clamp"
+
+    # batch_size: segments per forward pass (the job's --batch_size is items per call). 0: 64 on
+    # CUDA; 1 on CPU, where batching gains nothing and padding to the longest segment of a batch
+    # costs (measured).
     variant: str = "auto"  # auto (from the checkpoint's keys) | clamp3 | clamp2
     hidden_size: int = 768
     num_layers: int = 12
@@ -83,20 +81,13 @@ class CLaMPConfig(EmbedderConfig):
     max_patches: int = 512
     projection_dim: int = 768
     segment_patches: int = 0  # patches per segment; 0: max_patches, as the authors
-    # Segments per forward pass (the job's --batch_size is items per call). 0: 64 on CUDA; 1 on CPU,
-    # where batching gains nothing and padding to the longest segment of a batch costs (measured).
-    batch_size: int = 0
-    precision: str = "auto"  # auto: bf16 (fp16 without bf16 support) autocast on CUDA, fp32 on CPU
-    device: str = "auto"  # auto: cuda when visible (a Ray actor with num_gpus), else cpu
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.variant not in ("auto", "clamp3", "clamp2"):
             raise ConfigError(f"clamp: variant must be auto, clamp3 or clamp2, got {self.variant!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"clamp: precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.batch_size < 0 or self.segment_patches < 0:
-            raise ConfigError(f"clamp: batch_size and segment_patches must be >= 0, got {self.batch_size}, "
-                              f"{self.segment_patches}")
+        if self.segment_patches < 0:
+            raise ConfigError(f"clamp: segment_patches must be >= 0, got {self.segment_patches}")
         if self.segment_patches > self.max_patches:
             raise ConfigError(f"clamp: segment_patches {self.segment_patches} exceeds max_patches {self.max_patches} "
                               "(the encoder has no position embeddings past it)")
@@ -205,23 +196,15 @@ def weighted_average(sequence: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return ((np.asarray(sequence, dtype=np.float64) * w).sum(axis=0) / w.sum()).astype(np.float32)
 
 
-# -- checkpoint identity ------------------------------------------------------------------------------
-def _file_key(path: str) -> tuple[str, int, int]:
-    if not path:
-        raise CheckpointError(f"embedder 'clamp' needs a checkpoint: {HOW_TO_GET}")
-    try:
-        return checkpoint_files.file_key(path)
-    except OSError:
-        raise CheckpointError(f"CLaMP checkpoint not found: {path}; {HOW_TO_GET}") from None
+def checkpoint_variant(path: str) -> str:
+    """clamp3 or clamp2, from the names of the checkpoint's keys (a memory-mapped read, once per file)."""
+    from embedders.symbolic.clamp_model import detect_variant, read_state_dict
 
-
-def checkpoint_sha256(path: str) -> str:
-    _file_key(path)  # a missing file raises CheckpointError with where to get it
-    return checkpoint_files.file_sha256(path)
+    return memo("clamp_variant", path, lambda p: detect_variant(read_state_dict(p)[0], p))
 
 
 @register
-class CLaMPEmbedder(Embedder):
+class CLaMPEmbedder(TorchEmbedder):
     name: ClassVar[str] = "clamp"
     modality: ClassVar[str] = "symbolic"
     sample_rate: ClassVar[int | None] = None
@@ -231,63 +214,36 @@ class CLaMPEmbedder(Embedder):
     #: ``embed`` also takes the original Standard MIDI File bytes, the authors' exact input; a
     #: pipeline that has them should pass them instead of the decoded Score (see the module note).
     accepts_midi_bytes: ClassVar[bool] = True
+    source_modules: ClassVar[tuple[str, ...]] = ("embedders.symbolic.clamp_model",)
+    forward_batch: ClassVar[dict[str, int]] = {"cpu": 1, "cuda": 64}
+    packages: ClassVar[tuple[str, ...]] = ("mido",)
+    how_to_get: ClassVar[str] = HOW_TO_GET
+    weights_label: ClassVar[str] = "CLaMP checkpoint"
 
-    def __init__(self, config: CLaMPConfig | None = None):
-        super().__init__(config)
+    def check_dependencies(self) -> None:
         _mido()
-        import torch
 
+    @property
+    def variant(self) -> str:
+        """The checkpoint's naming (clamp3 / clamp2), which also decides what MTF conversion drops."""
+        cfg: CLaMPConfig = self.config  # type: ignore[assignment]
+        return cfg.variant if cfg.variant != "auto" else checkpoint_variant(self.weights_path)
+
+    def load_model(self, path: str):
         from embedders.symbolic.clamp_model import load_symbolic_model
 
-        cfg = self.config
-        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"clamp: device {cfg.device!r} requested but CUDA is not available")
-        self.device = torch.device(device)
-        key = ("model", *_file_key(cfg.checkpoint), cfg.model_config(), cfg.variant, str(self.device))
-        if key not in _CACHE:  # one load per actor process, however often the embedder is rebuilt
-            model, variant, meta = load_symbolic_model(cfg.checkpoint, cfg.model_config(), cfg.variant)
-            _CACHE[key] = (model.to(self.device), variant, meta)
-        self.model, self.variant, self.checkpoint_meta = _CACHE[key]
-        self.autocast_dtype = self._autocast_dtype(cfg.precision, self.device.type)
-        self.batch_size = cfg.batch_size or (64 if self.device.type == "cuda" else 1)
+        cfg: CLaMPConfig = self.config  # type: ignore[assignment]
+        model, _, meta = load_symbolic_model(path, cfg.model_config(), self.variant)
+        model.checkpoint_meta = meta
+        return model
 
-    @staticmethod
-    def _autocast_dtype(precision: str, device_type: str):
-        import torch
+    @property
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return self.model.checkpoint_meta
 
-        if precision == "fp32" or (precision == "auto" and device_type != "cuda"):
-            return None
-        if precision == "auto":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-    # -- self-description ----------------------------------------------------------------------
     @classmethod
     def output_dim(cls, config: EmbedderConfig) -> int:
         return int(config.projection_dim)  # type: ignore[attr-defined]
-
-    @classmethod
-    def source_hash(cls) -> str:
-        """Also the model file: a change there changes outputs."""
-        import inspect
-
-        from embedders.symbolic import clamp_model
-
-        digest = hashlib.sha256(super().source_hash().encode())
-        digest.update(inspect.getsource(clamp_model).encode())
-        return digest.hexdigest()[:16]
-
-    @classmethod
-    def hash_config(cls, config: EmbedderConfig) -> str:
-        base = super().hash_config(config)
-        return hashlib.sha256(f"{base}:{checkpoint_sha256(config.checkpoint)}".encode()).hexdigest()[:16]  # type: ignore[attr-defined]
-
-    @classmethod
-    def describe_config(cls, config: EmbedderConfig) -> dict[str, Any]:
-        out = super().describe_config(config)
-        out["checkpoint_sha256"] = checkpoint_sha256(config.checkpoint)  # type: ignore[attr-defined]
-        return out
 
     # -- embedding -------------------------------------------------------------------------------
     def mtf(self, item: Any) -> str:
@@ -303,39 +259,39 @@ class CLaMPEmbedder(Embedder):
         return midi_to_mtf(data, self.variant)
 
     def patches(self, item: Any) -> np.ndarray:
-        return encode_mtf(self.mtf(item), self.config.patch_size)
+        """(n_patches, patch_size) int64 character ids of one item, bos and eos patches included."""
+        return encode_mtf(self.mtf(item), self.config.patch_size)  # type: ignore[attr-defined]
 
-    def embed_segments(self, items: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per item: (segment vectors (T, D) float32, the authors' segment weights (T,))."""
+    def prepare(self, item: Any) -> np.ndarray:
+        return self.patches(item)
+
+    def forward(self, prepared: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Patches per item -> (T_i, D) segment vectors; segments of all items batched, longest first."""
         import torch
 
-        length = self.config.segment_length
-        per_item = [self.patches(item) for item in items]
-        flat = [(i, p[a:b]) for i, p in enumerate(per_item) for a, b in segment_spans(len(p), length)]
-        order = sorted(range(len(flat)), key=lambda k: -len(flat[k][1]))  # longest first: little padding
+        length, patch_size = self.config.segment_length, self.config.patch_size  # type: ignore[attr-defined]
+        flat = [p[a:b] for p in prepared for a, b in segment_spans(len(p), length)]
+        order = sorted(range(len(flat)), key=lambda k: -len(flat[k]))  # longest first: little padding
         vectors = np.zeros((len(flat), self.dim), dtype=np.float32)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype,
-                                                    enabled=self.autocast_dtype is not None):
-            for start in range(0, len(order), self.batch_size):
-                take = order[start:start + self.batch_size]
-                width = len(flat[take[0]][1])
-                patches = torch.zeros((len(take), width, self.config.patch_size), dtype=torch.long)
-                mask = torch.zeros((len(take), width), dtype=torch.bool)
-                for row, k in enumerate(take):
-                    seg = torch.from_numpy(flat[k][1])
-                    patches[row, :len(seg)], mask[row, :len(seg)] = seg, True
-                out = self.model(patches.to(self.device), mask.to(self.device))  # (b, D)
-                vectors[take] = out.float().cpu().numpy()
-        results, k = [], 0
-        for p in per_item:
-            t = len(segment_spans(len(p), length))
-            results.append((vectors[k:k + t], segment_weights(len(p), length)))
-            k += t
-        return results
+        for start in range(0, len(order), self.batch_size):
+            take = order[start:start + self.batch_size]
+            width = len(flat[take[0]])
+            patches = torch.zeros((len(take), width, patch_size), dtype=torch.long)
+            mask = torch.zeros((len(take), width), dtype=torch.bool)
+            for row, k in enumerate(take):
+                seg = torch.from_numpy(np.asarray(flat[k], dtype=np.int64))
+                patches[row, :len(seg)], mask[row, :len(seg)] = seg, True
+            with self.inference():
+                out = self.model(self.to_device(patches), self.to_device(mask))  # (b, D)
+            vectors[take] = out.float().cpu().numpy()
+        bounds = np.cumsum([0, *(len(segment_spans(len(p), length)) for p in prepared)])
+        return [vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def embed(self, items: Sequence[Any]) -> list[np.ndarray]:
-        return [self.check_output(None, seq) for seq, _ in self.embed_segments(items)]
+    def average(self, prepared: np.ndarray, sequence: np.ndarray) -> np.ndarray:
+        """The authors' global vector (``--get_global``): segments weighted by their new patches."""
+        return weighted_average(sequence, segment_weights(len(prepared), self.config.segment_length))  # type: ignore[attr-defined]
 
     def embed_global(self, items: Sequence[Any]) -> list[np.ndarray]:
-        """The authors' global vector per item (``--get_global``): segments averaged by length weights."""
-        return [weighted_average(seq, w) for seq, w in self.embed_segments(items)]
+        """The authors' global vector per raw item (what ``average`` gives the store)."""
+        prepared = [self.prepare(item) for item in items]
+        return [self.average(p, seq) for p, seq in zip(prepared, self.forward(prepared))]

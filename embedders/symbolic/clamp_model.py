@@ -6,8 +6,9 @@ written here from scratch, no ``transformers`` needed at run time):
 - Input: patches of byte-level character ids, (B, L, P) int64 with P = ``patch_size`` (64) and
   L <= ``max_patches`` (512); ids < 128 (0 pad, 1 bos, 2 eos; text is ASCII).
 - ``symbolic_model.patch_embedding``: Linear(P * 128 -> H) applied to the one-hot encoding of each
-  patch, i.e. a sum of P weight columns plus the bias. Computed here as ``embedding_bag`` over the
-  transposed weight: the same numbers without materialising a (B, L, P * 128) one-hot tensor.
+  patch, i.e. a sum of P weight columns plus the bias. Computed here as ``embedding_bag`` over a
+  contiguous (P * 128, H) copy of the transposed weight (rows read whole, no strided gathers),
+  made once per weight version: the same numbers without a (B, L, P * 128) one-hot tensor.
 - ``symbolic_model.base``: a BERT encoder (HF ``BertModel`` layout and key names) fed with
   ``inputs_embeds``: + absolute position embedding + token-type-0 embedding, LayerNorm (eps 1e-12),
   ``num_layers`` post-LN layers with H / 64 heads, GELU (erf) MLP of width 4H. Its word embedding
@@ -41,7 +42,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -198,11 +199,21 @@ class M3PatchEncoder(nn.Module):
         # Offsets that turn character j with id v into row j * 128 + v of the one-hot layout.
         self.register_buffer("_offsets", torch.arange(c.patch_size) * CHAR_VOCAB, persistent=False)
 
+    def _embedding_table(self) -> torch.Tensor:
+        """The (P * 128, H) contiguous transpose of the patch-embedding weight, cached per weight version."""
+        w = self.patch_embedding.weight
+        if w.requires_grad:  # training: keep the copy in the autograd graph
+            return w.t().contiguous()
+        key = (w.data_ptr(), w._version, w.device, w.dtype)
+        if getattr(self, "_table_key", None) != key:
+            self._table, self._table_key = w.t().contiguous(), key
+        return self._table
+
     def embed_patches(self, patches: torch.Tensor) -> torch.Tensor:  # (B, L, P) int64 -> (B, L, H) float32
         b, n, p = patches.shape
         rows = (patches + self._offsets).reshape(b * n, p)
         # Linear(one_hot(patches)) == bias + sum of the P selected weight columns.
-        out = F.embedding_bag(rows, self.patch_embedding.weight.t(), mode="sum")
+        out = F.embedding_bag(rows, self._embedding_table(), mode="sum")
         return (out + self.patch_embedding.bias).reshape(b, n, -1)
 
     def forward(self, patches: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # -> (B, L, H)
@@ -347,6 +358,3 @@ def load_symbolic_model(path: str | os.PathLike[str], config: M3Config, variant:
     meta = {k: v for k, v in extra.items() if isinstance(v, (int, float, str, bool))}
     return model.eval(), found_variant, meta
 
-
-def config_field_names() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(M3Config))

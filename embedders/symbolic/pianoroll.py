@@ -11,11 +11,14 @@ A note belongs to a window if it sounds in it (overlap > 0; "overlap-weighted" f
 onset falls in it ("onset" features). Polyphony, silence and harmonic intervals are sampled on a
 ``grid_seconds`` (20 ms) grid: a note sounds at grid time g if start <= g < end.
 
-Drums (``track.is_drum``) count only in the onset density columns and in the silence fraction:
-their pitches are instruments, not notes, and their durations are arbitrary.
+Drums (``track.is_drum``, i.e. MIDI channel 10) stay out of every pitched column: their pitches are
+instruments, not notes, and their durations are arbitrary. They count in the onset densities and the
+silence fraction, and are described by kit piece on the beat grid in the drum columns 76-193 (onset
+pattern over the bar, density and velocity per kit class, syncopation, swing, micro-timing; see
+``embedders.symbolic.drums``). A score without drums has zeros there.
 
 ======== ==============================================================================
-cols     feature (D = 76; histograms sum to 1, or are all 0 when the window has nothing)
+cols     feature (D = 194; histograms sum to 1, or are all 0 when the window has nothing)
 ======== ==============================================================================
 0-11     pitch-class histogram C..B, overlap-weighted
 12-19    register histogram, overlap-weighted: <C2, C2-B2, C3, C4, C5, C6, C7, >=C8 (C4 = 60)
@@ -29,6 +32,9 @@ cols     feature (D = 76; histograms sum to 1, or are all 0 when the window has 
 69-70    velocity mean, std / 127, overlap-weighted
 71-74    pitch mean, std, min, max / 127 (mean, std overlap-weighted)
 75       silence fraction: share of grid times with no note (drums included) sounding
+76-193   drums by kit piece (``embedders.symbolic.drums``): 76-171 onset pattern per kit class
+         over the 16 16ths of the bar, 172-177 onsets/s per class, 178-189 velocity mean, std per
+         class, 190 syncopation, 191 swing, 192-193 micro-timing mean, std
 ======== ==============================================================================
 """
 
@@ -42,6 +48,7 @@ import numpy as np
 
 from embedders.base import PITCH_CLASSES, ConfigError, Embedder, EmbedderConfig, EmptyInputError, FrameGrid
 from embedders.registry import register
+from embedders.symbolic import drums
 
 _DUR_EDGES = np.array([1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0, 4.0])
 _REGISTERS = ("lt_C2", "C2", "C3", "C4", "C5", "C6", "C7", "ge_C8")
@@ -89,7 +96,7 @@ class PianoRoll(Embedder):
     modality: ClassVar[str] = "symbolic"
     sample_rate: ClassVar[int | None] = None
     Config: ClassVar[type[EmbedderConfig]] = PianoRollConfig
-    dim = 12 + 8 + 25 + 12 + 8 + len(_SCALARS)
+    dim = 12 + 8 + 25 + 12 + 8 + len(_SCALARS) + drums.DIM
     default_batch_size: ClassVar[int] = 32
 
     def __init__(self, config: PianoRollConfig | None = None):
@@ -102,15 +109,17 @@ class PianoRoll(Embedder):
         names = [f"pc_{p}" for p in PITCH_CLASSES] + [f"register_{r}" for r in _REGISTERS]
         names += [f"melodic_{i:+d}" for i in range(-12, 13)] + [f"harmonic_{i}" for i in range(12)]
         names += [f"duration_lt_{e:g}s" for e in _DUR_EDGES] + [f"duration_ge_{_DUR_EDGES[-1]:g}s"]
-        return names + list(_SCALARS)
+        return names + list(_SCALARS) + drums.feature_names()
 
     @staticmethod
     def _notes(score: Any) -> dict[str, np.ndarray]:
-        """All notes in seconds, one array per field, sorted by (start, track, pitch) for determinism."""
-        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("start", "end", "pitch", "velocity", "track", "drum")}
-        for i, track in enumerate(score.to("second").tracks):
+        """All notes in seconds (and their onset tick), one array per field, sorted by (start, track,
+        pitch) for determinism."""
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("start", "end", "pitch", "velocity", "track", "drum", "tick")}
+        for i, (track, ticks) in enumerate(zip(score.to("second").tracks, score.to("tick").tracks)):
             a = track.notes.numpy()
             start = a["time"].astype(np.float64)
+            cols["tick"].append(ticks.notes.numpy()["time"].astype(np.int64))
             cols["start"].append(start)
             cols["end"].append(start + np.maximum(a["duration"].astype(np.float64), 0.0))
             cols["pitch"].append(np.clip(a["pitch"].astype(np.int64), 0, 127))
@@ -158,7 +167,10 @@ class PianoRoll(Embedder):
         melodic = self._melodic(nt, grid, n)
         poly_mean, poly_max, silence, harmonic = self._grid_features(nt, pitched, grid, n, dt)
         scalars = np.column_stack([onsets, drum_onsets, poly_mean, poly_max, *stats, silence])
-        out = np.concatenate([pc, register_, melodic, harmonic, durations, scalars], axis=1)
+        d = np.flatnonzero(drum)
+        kit = drums.drum_features(nt["start"][d], nt["tick"][d], nt["pitch"][d], nt["velocity"][d],
+                                  int(score.ticks_per_quarter), score.time_signatures.numpy(), grid, n)
+        out = np.concatenate([pc, register_, melodic, harmonic, durations, scalars, kit], axis=1)
         return out.astype(np.float32)
 
     @staticmethod

@@ -18,7 +18,7 @@ column, or with fewer than 10 rows on either side, a seeded random 50/50 split i
 With ``--label``: the same, plus ``compare_labels`` (kNN score, silhouette, label-RDM correlation
 per medium, and the paired audio - symbolic difference) on the same rows. A label is numeric
 (regression: kNN R^2, no silhouette) when its metadata column is numeric with at least 20 distinct
-values (bpm, duration; ``analysis.labels.auto_task``, the rule every job uses); ``--task``
+values (bpm, duration; ``analysis.labels.resolve_task``, the rule every job uses); ``--task``
 overrides the choice (e.g. ``--task regression`` for a numeric label with few values).
 
 Outputs in ``--output_dir``: metrics.json, metrics.csv, null_distributions.npz, report.html.
@@ -37,16 +37,15 @@ import numpy as np
 import pandas as pd
 
 from analysis.compare import compare_labels, compare_spaces
+from analysis.labels import resolve_task
 from analysis.pooling import mean_std_pool, zscore_features
-from analysis.report import compare_outputs as report
-from analysis.report import plots
+from analysis.report import compare_page, compare_rows
 from embedders.store import filesystem as fs
+from embedders.store.atomic import atomic_write_bytes, write_json
 from embedders.store.h5 import load_pair
 from embedders.store.parts import StoreError
 
 MIN_SPLIT_ROWS = 10
-RDM_ROWS = 120
-MAP_POINTS = 5000  # points drawn per 2-D map: PCA is fit on all rows, a page of 50,000 hover points is not readable
 
 
 def _positive(text: str) -> int:
@@ -58,8 +57,10 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ray_jobs.compare_embeddings", description=__doc__.split("\n")[0])
-    p.add_argument("--h5_path", required=True, help="consolidated embeddings.h5 (or a legacy-layout file): a path or a URI (s3://, gs://)")
-    p.add_argument("--output_dir", required=True, help="folder (or URI) for metrics.json/.csv, null_distributions.npz, report.html")
+    p.add_argument("--h5_path", required=True,
+                   help="consolidated embeddings.h5 (or a legacy-layout file): a path or a URI (s3://, gs://)")
+    p.add_argument("--output_dir", required=True,
+                   help="folder (or URI) for metrics.json/.csv, null_distributions.npz, report.html")
     p.add_argument("--label", default=None, help="metadata column to compare label structure on (e.g. composer, bpm)")
     p.add_argument("--audio_embedder", default=None, help="needed when the file holds several audio embedders")
     p.add_argument("--symbolic_embedder", default=None, help="needed when the file holds several symbolic embedders")
@@ -100,98 +101,11 @@ def retrieval_split(metadata: pd.DataFrame, seed: int) -> tuple[np.ndarray | Non
     return None, None, f"seeded random 50/50 (seed {seed}; {reason})"
 
 
-def _task(args, metadata: pd.DataFrame) -> str:
-    if args.task != "auto":
-        return args.task
-    from analysis.labels import auto_task
-
-    return auto_task(metadata[args.label])
-
-
 def _h5_attrs(path) -> dict:
     import h5py
 
     with h5py.File(path, "r") as f:
         return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-
-
-def _figures(Xa, Xs, pair, label, numeric, seed, payload, nulls):
-    ids = [str(i) for i in pair.ids]
-    (ca, ea), (cs, es) = plots.pca_2d(Xa), plots.pca_2d(Xs)
-    names = (f"audio: {pair.audio_embedder} ({Xa.shape[1]}-d)", f"symbolic: {pair.symbolic_embedder} ({Xs.shape[1]}-d)")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
-    shown = np.sort(rng.choice(len(ids), size=min(MAP_POINTS, len(ids)), replace=False))
-    hover = plots.hover_text([ids[i] for i in shown], pair.metadata.iloc[shown].reset_index(drop=True))
-    maps = plots.embedding_maps(ca[shown], cs[shown], hover, None if label is None else pair.labels[shown], label,
-                                numeric, names, (ea, es))
-    idx = np.sort(rng.choice(len(ids), size=min(RDM_ROWS, len(ids)), replace=False))
-    if label is not None:
-        keys = pd.DataFrame({"y": pair.labels[idx], "id": np.asarray(ids, dtype=object)[idx]})
-        idx = idx[keys.sort_values(["y", "id"], kind="stable").index.to_numpy()]
-    ticks = None if label is None or numeric else pair.labels[idx]  # numeric labels: sorted, no block ticks
-    rdm = plots.rdm_heatmaps(Xa[idx], Xs[idx], [ids[i] for i in idx], ticks, names)
-    items = []
-    for name, null in nulls.items():
-        if name.startswith("label_"):
-            e = payload["labels"][name.split("_")[1]]["label_rdm"]
-            obs, p = e["value"], e["p_value"]
-        else:
-            e = payload["spaces"]["metrics"][name]
-            obs, p = e["value"], e["p_value"]
-            if e["null_n_used"] != e["n_used"]:  # retrieval null on a query subsample: its observed value differs
-                continue
-        if np.isfinite(obs):
-            items.append((name, null, obs, p))
-    hist = plots.null_histograms(items)
-    sub_note = (f"{len(idx)} of {len(ids)} recordings (seeded)" + (f", sorted by {label}" if label else ""))
-    return [
-        ("2-D maps (PCA)", f"PCA of z-scored features, per medium (fit on all rows; at most {MAP_POINTS} random rows drawn); hover shows the recording's id and metadata"
-         + (f"; colour: {label} (click a legend entry to hide a class in both panels)." if label else "."), maps),
-        ("Representational dissimilarity matrices", "Cosine distances between recordings after centring, shown as "
-         f"ranks within each medium (RSA compares ranks): {sub_note}. Similar block structure in both panels "
-         "means the two spaces group recordings alike.", rdm),
-        ("Permutation nulls", "Histogram: the metric with the audio-symbolic pairing shuffled (label-RDM: labels "
-         "shuffled); red line: observed value. Retrieval panels are omitted where the null was computed on a query "
-         "subsample (its observed value differs from the table's).", hist),
-    ]
-
-
-def _header(args, pair, payload, attrs, split_desc) -> list[tuple[str, str]]:
-    c, s = payload["counts"], payload["spaces"]
-    subs = [f"{k}: {e['n_used']} rows" for k, e in s["metrics"].items() if e["subsampled"]]
-    subs += [f"{k} null: {e['null_n_used']} queries" for k, e in s["metrics"].items()
-             if e["null_n_used"] != e["n_used"] and k.endswith("recall@1")]
-    pooling = ("average (mean over frames)" if args.embedding_type == "average"
-               else "sequence, pooled: mean and std over frames concatenated (2D)")
-    rows = [("h5 file", fs.display(args.h5_path)), ("dataset", str(attrs.get("dataset", "?"))),
-            ("embedders", f"audio <b>{pair.audio_embedder}</b> ({s['dim_x']}-d), symbolic "
-                          f"<b>{pair.symbolic_embedder}</b> ({s['dim_y']}-d)"),
-            ("embedding type", pooling),
-            ("standardisation", "each feature z-scored over the paired rows" if args.standardize == "zscore"
-             else "none (raw coordinates)"),
-            ("recordings", f"<b>{c['paired']}</b> paired of {c['rows_in_file']} in the file; dropped {c['dropped']} "
-                           f"(valid audio {c['valid_audio']}, valid symbolic {c['valid_symbolic']}, "
-                           f"missing label {c['missing_label']})"),
-            ("retrieval split", split_desc),
-            ("resampling", f"seed {args.seed}; {args.n_permutations} permutations, {args.n_boot} bootstrap "
-                           f"replicates per metric; 95% intervals"),
-            ("subsampled (max_n_kernel " + str(args.max_n_kernel) + ")", "; ".join(subs) or "nothing")]
-    if args.label:
-        lab = payload["labels"]
-        rows.append(("label", f"<b>{args.label}</b> ({lab['task']}; {lab['n_splits']}-fold CV"
-                              + (f", grouped by {args.group_column}" if args.group_column else "") + ")"))
-    rows.append(("compute time", f"{payload['wall_time_s']:.1f} s (loading and statistics; figures not included)"))
-    return [(k, v) for k, v in rows]
-
-
-GUIDE = ("How to read: each metric has its value, a bootstrap 95% CI and a permutation null (the same metric after "
-         "shuffling which symbolic row belongs to which audio row). A value far outside the null range (small p) means "
-         "the spaces share structure beyond chance; the CI says how precisely it is known. In-sample fits (mean CCA, "
-         "SVCCA, Procrustes) are biased upwards: compare them with their null mean, not with 0. Retrieval maps one "
-         "medium into the other (ridge or CCA fitted on the training rows) and ranks the true partner among all test "
-         "rows; compare recall@k with its chance level (x = audio, y = symbolic: x_to_y queries with audio and searches the "
-         "symbolic test rows). The smallest possible p is 1 / (1 + permutations): no null draw reached the observed value. CIs of the linear family and RBF CKA are bias-corrected "
-         "percentile intervals (see analysis/compare.py).")
 
 
 def run(args) -> int:
@@ -223,9 +137,12 @@ def _run(args, h5_local: Path, out_dir: Path) -> int:
         Xa, Xs = np.asarray(pair.audio), np.asarray(pair.symbolic)
     if args.standardize == "zscore":
         Xa, Xs = zscore_features(Xa), zscore_features(Xs)
-    task = _task(args, pair.metadata) if args.label else None
-    if task == "regression" and not pd.api.types.is_numeric_dtype(pair.metadata[args.label]):
-        return _fail(f"--task regression needs a numeric label; '{args.label}' holds text")
+    task = None
+    if args.label:
+        try:
+            task, _ = resolve_task(args.task, pair.metadata[args.label], source=f"--task {args.task}")
+        except ValueError as exc:
+            return _fail(str(exc))
     train, test, split_desc = retrieval_split(pair.metadata, args.seed)
     common = dict(seed=args.seed, n_permutations=args.n_permutations, n_boot=args.n_boot)
     try:
@@ -248,14 +165,17 @@ def _run(args, h5_local: Path, out_dir: Path) -> int:
                           "max_n_kernel": args.max_n_kernel},
                "counts": pair.counts, "retrieval_split": split_desc, "spaces": spaces, "labels": labels}
     payload["wall_time_s"] = time.perf_counter() - started
-    clean, nulls = report.split_nulls(payload)
-    rows = report.metric_rows(clean["spaces"], clean["labels"])
-    figures = _figures(Xa, Xs, pair, args.label, task == "regression", args.seed, payload, nulls)
-    page = report.build_page(title=f"Audio vs symbolic: {pair.audio_embedder} vs {pair.symbolic_embedder}",
-                             header=_header(args, pair, clean, attrs, split_desc), guide=GUIDE, rows=rows,
-                             label_html=report.label_table(clean["labels"]) if labels else None, figures=figures)
+    clean, nulls = compare_rows.split_nulls(payload)
+    rows = compare_rows.metric_rows(clean["spaces"], clean["labels"])
+    figures = compare_page.figures(Xa, Xs, pair.ids, pair.metadata, pair.labels, payload, nulls)
+    page = compare_page.render(clean, rows, figures)
     clean["wall_time_s"] = time.perf_counter() - started
-    paths = report.write_outputs(out_dir, clean, nulls, rows, page)
+    paths = {"json": out_dir / "metrics.json", "csv": out_dir / "metrics.csv",
+             "npz": out_dir / "null_distributions.npz", "html": out_dir / "report.html"}
+    write_json(paths["json"], clean)
+    atomic_write_bytes(paths["csv"], compare_rows.metrics_csv(rows).encode())
+    atomic_write_bytes(paths["npz"], compare_rows.nulls_npz(nulls))
+    atomic_write_bytes(paths["html"], page.encode())
     if fs.is_remote(args.output_dir):  # name where they will be, not the local staging folder
         paths = {kind: fs.join(args.output_dir, Path(p).name) for kind, p in paths.items()}
     _print_summary(clean, paths)

@@ -19,11 +19,11 @@ Stage wall times are printed at the end and written to ``<results_dir>/demo_timi
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from embedders.dataset import dataset_dir, embeddings_dir
+from embedders.store.atomic import atomic_write_bytes, write_json
 
 LABELS = ("composer", "time_signature")  # composer and metre: the two the page reports
 AUDIO = "melstats"
@@ -107,8 +107,8 @@ def stored(h5: Path) -> set[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from analysis.report import demo_index
     from ray_jobs.compare_embeddings import job as compare_embeddings
-    from ray_jobs.demo import page as demo_page
     from ray_jobs.generate_embeddings import job as generate_embeddings
     from ray_jobs.prepare_dataset import job as prepare_dataset
     from ray_jobs.ray_session import ensure_ray
@@ -156,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
                 "--mlflow_tracking_uri", tracking_uri])
 
     timings = stages.timings  # this run's: 0.0 marks a stage skipped because its output was present
-    (results / "demo_timings.json").write_text(json.dumps(timings, indent=2))
-    page = demo_page.write(results / "index.html", info_csv=info_csv, h5=h5, model=model,
-                           compare_dirs=compare_dirs, sweep_dir=sweep_dir, tracking_uri=tracking_uri,
-                           timings=timings)
+    write_json(results / "demo_timings.json", timings)
+    page = results / "index.html"
+    atomic_write_bytes(page, demo_index.render(page, info_csv=info_csv, h5=h5, model=model, compare_dirs=compare_dirs,
+                                               sweep_dir=sweep_dir, tracking_uri=tracking_uri, timings=timings).encode())
     print("\nstage timings (s): " + ", ".join(f"{k} {v}" for k, v in stages.timings.items()))
     print(f"results page: {page}")
     print(f"MLflow: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1")

@@ -23,6 +23,7 @@ from embedders.base import MEDIUM_BY_MODALITY, ConfigError
 from embedders.dataset import InfoCsvError, dataset_dir, embeddings_dir, info_hash, package_versions, read_info_csv
 from embedders.registry import available, get_embedder_class
 from embedders.store import filesystem as fs
+from embedders.store.atomic import json_bytes
 from embedders.store.h5 import consolidate, export_legacy
 from embedders.store.parts import (
     ShardWriter,
@@ -55,6 +56,8 @@ def parse_options(pairs: list[str], flag: str) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ray_jobs.generate_embeddings", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, help="folder name under <data_root>/raw/ holding info.csv")
+    p.add_argument("--id_column", default=None, help="info.csv column identifying a recording when the file has no "
+                                                      "'id' column (MAESTRO: midi_filename); default: id")
     p.add_argument("--data_root", default="data", help="root holding raw/ and embeddings/: a folder or a URI such as s3://bucket/data or gs://bucket/data (default: data)")
     p.add_argument("--audio_embedder", default="melstats", help="audio embedder name (default: melstats)")
     p.add_argument("--symbolic_embedder", default="pianoroll", help="symbolic embedder name (default: pianoroll)")
@@ -212,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     emb_dir = embeddings_dir(args.data_root, args.dataset)
     try:
         specs = medium_specs(args)
-        info = read_info_csv(root)
+        info = read_info_csv(root, id_column=args.id_column)
     except (InfoCsvError, ConfigError, fs.StorageError, OSError) as exc:  # OSError: an unreachable store
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["h5_layout"] = args.h5_layout
     summary["seconds"] = round(time.perf_counter() - started, 2)
     print_summary(summary)
-    fs.write_bytes(fs.join(emb_dir, "summary.json"), json.dumps(summary, indent=2).encode())
+    fs.write_bytes(fs.join(emb_dir, "summary.json"), json_bytes(summary))
     embedded = sum(m["valid_total"] for m in summary["media"].values())
     return 0 if embedded > 0 else 1
 

@@ -1,12 +1,21 @@
 """Build a real paired dataset in the seed format from the music21 corpus (a Ray Data job).
 
+    python -m ray_jobs.prepare_dataset --source maestro|slakh|lakh_matched --dataset NAME [--overwrite]
+
+instead writes info.csv for that corpus, unpacked as ``<data_root>/raw/NAME/`` (``index``; the recipes
+are in docs/datasets.md).
+
     python -m ray_jobs.prepare_dataset --source music21 --dataset music21 [--limit N]
         [--per_composer N] [--composers bach,palestrina,...] [--max_seconds S] [--seed N]
-        [--program P] [--soundfont PATH] [--data_root data] [--num_cpus N]
+        [--program P] [--performance none|light|strong] [--families keyboards,strings,...]
+        [--soundfont PATH] [--data_root data] [--num_cpus N]
 
 Writes under ``<data_root>/raw/<dataset>/``: ``midi/<id>.mid`` (written from the parsed score by
-``recipes.music21``), ``audio/<id>.wav`` (rendered from that MIDI with the SoundFont: 48 kHz, mono
-16-bit, the renderer's stereo mix averaged), ``info.csv`` (sorted by id; columns ``CSV_COLUMNS``),
+``recipes.music21``), ``audio/<id>.wav`` (rendered with the SoundFont: 48 kHz, mono 16-bit, the
+renderer's stereo mix averaged; with ``--performance none`` from that very MIDI, otherwise from a
+drawn performance of the score, ``recipes.performance``: tempo curve, phrase dynamics, timing and
+velocity variation, General MIDI programs of a drawn family), ``info.csv`` (sorted by id; columns
+``CSV_COLUMNS``, plus ``recipes.performance.COLUMNS``, every drawn parameter, with a performance),
 ``build_failures.csv`` (id, corpus_path, reason: every work that could not be built) and
 ``.build/<id>.json`` (one record per built work, the resume state). Each Ray task parses one work
 and writes its files atomically; the record is written last. A rerun skips works whose record,
@@ -32,7 +41,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from embedders.store import filesystem as fs
+from embedders.store.atomic import json_bytes
+from ray_jobs.prepare_dataset import index
 from ray_jobs.prepare_dataset.recipes import music21 as db
+from ray_jobs.prepare_dataset.recipes import performance as perf
 
 CSV_COLUMNS = ("id", "audio_filename", "midi_filename", "composer", "era", "time_signature", "key",
                "mode", "n_parts", "bpm", "duration", "split", "corpus_path")
@@ -42,6 +54,7 @@ FORMAT_RANK = {".mxl": 0, ".xml": 0, ".musicxml": 0, ".krn": 1, ".abc": 2}  # sa
 SKIP_SUFFIXES = frozenset({".rntxt"})  # Roman-numeral analyses, not scores
 VARIANT = re.compile(r"^(bwv[0-9.]+)-[A-Za-z0-9]+$")  # bwv18.5-lz / bwv18.5-w: versions of one chorale
 BUILD_VERSION = 1  # bump when the conversion changes: older records are then rebuilt
+PERFORMANCE_VERSION = 1  # bump when recipes.performance changes what a drawn performance sounds like
 DEFAULT_MAX_SECONDS = 60.0
 DEFAULT_PER_COMPOSER = 36
 
@@ -55,7 +68,9 @@ def default_soundfont() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ray_jobs.prepare_dataset", description=__doc__.splitlines()[0])
-    p.add_argument("--source", default="music21", choices=["music21"], help="where the scores come from")
+    p.add_argument("--source", default="music21", choices=["music21", *index.SOURCES],
+                   help="music21: build MIDI and audio from the music21 corpus; maestro, slakh, lakh_matched: write "
+                        "info.csv for that corpus unpacked as <data_root>/raw/<dataset>/ (docs/datasets.md)")
     p.add_argument("--dataset", default="music21", help="dataset name: writes <data_root>/raw/<dataset>/")
     p.add_argument("--data_root", default="data", help="a folder or a URI (s3://bucket/data, gs://...)")
     p.add_argument("--limit", type=int, default=None, help="a balanced subset of N works (round-robin over composers)")
@@ -65,8 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_seconds", type=float, default=DEFAULT_MAX_SECONDS, help="cut every piece here")
     p.add_argument("--seed", type=int, default=0, help="selection and drawn tempos")
     p.add_argument("--program", type=int, default=0, help="General MIDI program for every part (0: piano)")
-    p.add_argument("--soundfont", default=None, help="SoundFont .sf2 (default: pretty_midi's TimGM6mb.sf2)")
+    p.add_argument("--performance", default="none", choices=perf.LEVELS,
+                   help="render the audio from a drawn performance of the score (tempo curve, phrase dynamics, "
+                        "timing and velocity variation, instruments of a drawn family) while the paired MIDI stays "
+                        "the score; none: render the paired MIDI itself with --program (default: none)")
+    p.add_argument("--families", default=None,
+                   help="instrument families a performance draws from, comma-separated (default: all: "
+                        + ",".join(perf.FAMILIES) + ")")
+    p.add_argument("--soundfont", default=None,
+                   help="SoundFont .sf2 (default: pretty_midi's small TimGM6mb.sf2); richer General MIDI sets: Debian's "
+                        "fluid-soundfont-gm (/usr/share/sounds/sf2/FluidR3_GM.sf2) or "
+                        "musescore-general-soundfont-lossless (/usr/share/sounds/sf2/MuseScore_General.sf2)")
     p.add_argument("--num_cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")
+    p.add_argument("--slakh_stems", action="store_true", help="slakh: one row per stem (stem audio + MIDI) instead of per mix")
+    p.add_argument("--slakh_omitted", action="store_true", help="slakh: include the omitted/ tracks (split 'omitted')")
+    p.add_argument("--all_matches", action="store_true",
+                   help="lakh_matched: one row per (MSD id, matched MIDI) pair instead of the best match per MSD id")
+    p.add_argument("--overwrite", action="store_true", help="maestro/slakh/lakh_matched: replace a differing info.csv")
     return p
 
 
@@ -79,6 +109,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
         p.error("--per_composer must be >= 1 and --max_seconds > 0")
     if not 0 <= args.program <= 127:
         p.error("--program must be a General MIDI program 0-127")
+    args.families = [f for f in (args.families.split(",") if args.families else perf.FAMILIES) if f]
+    unknown_families = [f for f in args.families if f not in perf.FAMILIES]
+    if unknown_families:
+        p.error(f"--families: unknown {unknown_families}; families: {', '.join(perf.FAMILIES)}")
     args.soundfont = args.soundfont or default_soundfont()
     if not fs.is_file(args.soundfont):
         p.error(f"--soundfont: SoundFont file not found: {args.soundfont}")
@@ -149,6 +183,8 @@ def parse_work(work: db.Work):
 def build_hash(args: argparse.Namespace, soundfont_bytes: bytes) -> str:
     settings = {"version": BUILD_VERSION, "max_seconds": args.max_seconds, "program": args.program,
                 "seed": args.seed, "velocity": db.VELOCITY, "soundfont": hashlib.sha256(soundfont_bytes).hexdigest()}
+    if args.performance != "none":  # without one, the hash (and so a rerun) is what it always was
+        settings.update(performance=args.performance, families=sorted(args.families), performance_version=PERFORMANCE_VERSION)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -173,7 +209,8 @@ _SOUNDFONTS: dict[str, bytes] = {}
 
 
 def build_one(row: dict[str, Any], *, dataset_dir: str, soundfont: str, seed: int, max_seconds: float,
-              program: int, settings_hash: str) -> dict[str, Any]:
+              program: int, settings_hash: str, performance: str = "none",
+              families: tuple[str, ...] = tuple(perf.FAMILIES)) -> dict[str, Any]:
     """One Ray task: parse, convert, render and write one work. WorkError -> a 'failed' row."""
     work = db.Work(**json.loads(row["work"]))
     out = {"id": work.id, "corpus_path": work.corpus_path, "status": "failed", "reason": "", "record": ""}
@@ -185,7 +222,11 @@ def build_one(row: dict[str, Any], *, dataset_dir: str, soundfont: str, seed: in
         title = score.metadata.title if score.metadata is not None else None
         midi_bytes, conv = db.score_to_midi(score, work.id, seed=seed, max_seconds=max_seconds, program=program)
         del score
-        wav_bytes, audio_seconds = db.render_audio(midi_bytes, _SOUNDFONTS[soundfont])
+        drawn = None
+        if performance != "none":
+            drawn = perf.draw_performance(performance, work.id, len(conv.track_names), seed, families)
+            rendered = perf.performance_midi(drawn, conv.notes, conv.bpm, db.TPQ, conv.track_names)
+        wav_bytes, audio_seconds = db.render_audio(rendered if drawn else midi_bytes, _SOUNDFONTS[soundfont])
     except db.WorkError as exc:
         return {**out, "reason": str(exc)}
     midi_path, audio_path, record_path = _paths(dataset_dir, work.id)
@@ -200,10 +241,15 @@ def build_one(row: dict[str, Any], *, dataset_dir: str, soundfont: str, seed: in
         "number": work.number, "title": title, "bpm_source": conv.bpm_source, "truncated": conv.truncated,
         "grace_notes_skipped": conv.grace_skipped, "n_notes": len(conv.notes),
         "audio_seconds": round(audio_seconds, 3), "build_seconds": round(time.perf_counter() - started, 2),
-        "build_hash": settings_hash,
+        "build_hash": settings_hash, **(drawn.columns() if drawn else {}),
     }
-    fs.write_bytes(record_path, json.dumps(record, indent=1).encode())
+    fs.write_bytes(record_path, json_bytes(record))
     return {**out, "status": "built", "record": json.dumps(record)}
+
+
+def csv_columns(performance: str) -> tuple[str, ...]:
+    """info.csv's columns: ``CSV_COLUMNS``, then with a performance every drawn parameter."""
+    return CSV_COLUMNS if performance == "none" else CSV_COLUMNS + perf.COLUMNS
 
 
 def write_csv(path: Path | str, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
@@ -218,6 +264,8 @@ def _disk_bytes(dataset_dir: Path | str, records: list[dict[str, Any]]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     _, args = parse_args(argv)
+    if args.source != "music21":
+        return index.main(args)
     started = time.perf_counter()
     catalogue = load_catalogue(args.composers)
     works = db.select_works(catalogue, args.composers, args.per_composer, args.max_seconds, args.seed, args.limit)
@@ -250,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         items = [{"work": json.dumps(dataclasses.asdict(w))} for w in todo]
         # absolute paths (or URIs): tasks on other nodes, or in another working directory, see the same
         kwargs = dict(dataset_dir=fs.display(dataset_dir), soundfont=fs.display(args.soundfont),
-                      seed=args.seed, max_seconds=args.max_seconds, program=args.program, settings_hash=settings_hash)
+                      seed=args.seed, max_seconds=args.max_seconds, program=args.program, settings_hash=settings_hash,
+                      performance=args.performance, families=tuple(args.families))
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
         for row in dataset.map(build_one, fn_kwargs=kwargs, num_cpus=1).take_all():
             if row["status"] == "built":
@@ -263,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     for row, split in zip(rows, db.assign_splits([r["id"] for r in rows], [r["composer"] for r in rows])):
         row["split"] = split
     if rows:
-        write_csv(fs.join(dataset_dir, "info.csv"), rows, CSV_COLUMNS)
+        write_csv(fs.join(dataset_dir, "info.csv"), rows, csv_columns(args.performance))
     for f in failures:
         print(f"  FAILED {f['id']} ({f['corpus_path']}): {f['reason']}")
     per_composer = Counter(r["composer"] for r in rows)

@@ -39,6 +39,7 @@ class DatasetConfig:
     name: str = MISSING
     data_root: str = MISSING
     info_csv: Optional[str] = MISSING
+    id_column: Optional[str] = MISSING
     tokenizer_path: Optional[str] = MISSING
     vocab_size: int = MISSING
     limit: Optional[int] = MISSING
@@ -96,6 +97,25 @@ class PretrainConfigError(ValueError):
     """A config value is out of range; the message names the key, the value and what is allowed."""
 
 
+def unknown_keys(cfg, schema: type = PretrainConfig, prefix: str = "") -> list[str]:
+    """Keys of ``cfg`` that the schema lacks (Hydra lets ``+key=value`` add them), as dotted paths."""
+    from dataclasses import fields, is_dataclass
+
+    from omegaconf import DictConfig
+
+    known = {f.name: f for f in fields(schema)}
+    out = []
+    for key in cfg.keys():
+        if key not in known:
+            out.append(f"{prefix}{key}")
+            continue
+        child = cfg[key] if isinstance(cfg, DictConfig) else None
+        nested = known[key].default_factory if callable(getattr(known[key], "default_factory", None)) else None
+        if isinstance(child, DictConfig) and nested is not None and is_dataclass(nested):
+            out += unknown_keys(child, nested, f"{prefix}{key}.")
+    return out
+
+
 def validate(cfg) -> None:
     """Range checks Hydra's types cannot express. Raises PretrainConfigError listing every problem."""
     t, d, m, r = cfg.train, cfg.dataset, cfg.mlflow, cfg.ray
@@ -119,6 +139,8 @@ def validate(cfg) -> None:
         (r.max_failures >= 0, f"ray.max_failures must be >= 0, got {r.max_failures}"),
         (cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}"),
     ]
-    problems = [message for ok, message in checks if not ok]
+    problems = [f"unknown config key {key!r} (not in the schema ray_jobs.pretrain.config.PretrainConfig)"
+                for key in unknown_keys(cfg)]
+    problems += [message for ok, message in checks if not ok]
     if problems:
         raise PretrainConfigError("invalid pretraining config:\n  - " + "\n  - ".join(problems))

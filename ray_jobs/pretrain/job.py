@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from embedders.store.atomic import atomic_path
+from embedders.store.atomic import atomic_path, write_json
 from ray_jobs.pretrain.config import PretrainConfigError, register_schema, validate
 
 register_schema()
@@ -35,7 +35,8 @@ def resolve_paths(cfg: DictConfig) -> dict[str, Path]:
     out = Path(cfg.output_dir).absolute()
     return {
         "root": root,
-        "tokenizer": Path(d.tokenizer_path) if d.tokenizer_path else Path(d.data_root) / "tokenizers" / f"{name}_remi_bpe{d.vocab_size}.json",
+        "tokenizer": (Path(d.tokenizer_path) if d.tokenizer_path
+                      else Path(d.data_root) / "tokenizers" / f"{name}_remi_bpe{d.vocab_size}.json"),
         "cache": Path(d.cache_dir) if d.cache_dir else Path(d.data_root) / "token_cache" / name,
         "output": out,
         "run_dir": out / cfg.train.model_name,
@@ -94,7 +95,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def run(cfg: DictConfig, fail_at_epoch: int | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig) -> dict[str, Any]:
     """Everything after config parsing; returns the summary (also written to test_metrics.json).
 
     Remote locations (``dataset.data_root``, ``dataset.info_csv``, ``output_dir`` as s3://, gs://,
@@ -104,30 +105,62 @@ def run(cfg: DictConfig, fail_at_epoch: int | None = None) -> dict[str, Any]:
     from ray_jobs.pretrain.staging import staged
 
     with staged(cfg) as local:
-        summary = _run(local, fail_at_epoch)
+        summary = _run(local)
     if fs.is_remote(cfg.output_dir):
         summary["model_path"] = str(fs.join(cfg.output_dir, cfg.train.model_name, Path(summary["model_path"]).name))
         print(f"uploaded {local.output_dir} to {cfg.output_dir}; model: {summary['model_path']}")
     return summary
 
 
-def _run(cfg: DictConfig, fail_at_epoch: int | None = None) -> dict[str, Any]:
+def load_splits(cfg: DictConfig, paths: dict[str, Path]):
+    """info.csv and the MIDI files of each split; PretrainConfigError (one message naming the config
+    keys and the file) when the dataset is missing or invalid or a split has no MIDI file.
+
+    Rows without MIDI (an empty ``midi_filename``) are not for pretraining and are left out; so are
+    listed MIDI files that do not exist (counted in a printed line).
+    """
+    from embedders.dataset import InfoCsvError, has_medium, read_info_csv, resolve_item_path
+
+    d = cfg.dataset
+    source = f"dataset.info_csv={d.info_csv}" if d.info_csv else f"dataset.name={d.name} (dataset.data_root={d.data_root})"
+    try:
+        info = read_info_csv(paths["root"], id_column=d.id_column)
+    except InfoCsvError as exc:
+        from ray_jobs.pretrain.cli import one_line
+
+        raise PretrainConfigError(f"{source}: {one_line(exc)}") from None
+    csv = paths["root"] / "info.csv"
+    if "split" not in info.columns:
+        raise PretrainConfigError(f"{source}: {csv} has no 'split' column (train/validation/test); it has {list(info.columns)}")
+    info = info[has_medium(info, "midi_filename")].reset_index(drop=True)
+    splits, missing = {}, {}
+    for split in ("train", "validation", "test"):
+        rows = info["split"].astype(str).str.strip() == split  # as training.midi_datasets.split_files
+        files = [str(resolve_item_path(paths["root"], m)) for m in info.loc[rows, "midi_filename"]]
+        splits[split] = [f for f in files if Path(f).is_file()]
+        missing[split] = len(files) - len(splits[split])
+    if any(missing.values()):
+        print(f"{sum(missing.values())} MIDI file(s) listed in {csv} do not exist and are left out: {missing}")
+    empty = [s for s, files in splits.items() if not files]
+    if empty:
+        detail = "; ".join(f"{s}: {missing[s]} listed file(s) missing" for s in empty if missing[s])
+        raise PretrainConfigError(f"{source}: {csv} has no MIDI file in split(s) {empty}; the split column needs "
+                                  f"train, validation and test rows with a midi_filename" + (f" ({detail})" if detail else ""))
+    return info, splits
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
+    paths = resolve_paths(cfg)
+    info, splits = load_splits(cfg, paths)  # before the heavy imports: input errors come at once
+
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from embedders.dataset import read_info_csv
     from embedders.symbolic.midi_transformer import tokenizer as tk
     from ray_jobs.ray_session import ensure_ray
-    from training.midi_datasets import split_files, visualisation_set
+    from training.midi_datasets import visualisation_set
     from training.pretrain_worker import MODEL_FILE, train_loop_per_worker
 
-    paths = resolve_paths(cfg)
-    info = read_info_csv(paths["root"])
-    splits = {s: [str(p) for p in split_files(info, paths["root"], s)] for s in ("train", "validation", "test")}
-    empty = [s for s, files in splits.items() if not files]
-    if empty:
-        raise PretrainConfigError(f"{paths['root'] / 'info.csv'} has no rows in split(s) {empty}; "
-                                  "the split column needs train, validation and test rows")
     viz_files, viz_meta = visualisation_set(info, paths["root"], cfg.dataset.visualisation_size,
                                             stratify=cfg.mlflow.color_by if cfg.mlflow.color_by in info.columns else None,
                                             seed=cfg.seed)
@@ -156,12 +189,12 @@ def _run(cfg: DictConfig, fail_at_epoch: int | None = None) -> dict[str, Any]:
         "train_files": [str(Path(f).absolute()) for f in splits["train"]],
         "val_files": [str(Path(f).absolute()) for f in splits["validation"]],
         "viz_files": [str(Path(f).absolute()) for f in viz_files], "viz_meta": viz_meta.to_dict("records"),
-        "batch_size": t.batch_size, "bucket_by_length": bool(t.bucket_by_length), "epochs": t.epochs, "learning_rate": t.learning_rate,
+        "batch_size": t.batch_size, "bucket_by_length": bool(t.bucket_by_length), "epochs": t.epochs,
+        "learning_rate": t.learning_rate,
         "weight_decay": t.weight_decay, "warmup_steps": t.warmup_steps, "grad_clip": t.grad_clip,
         "seed": cfg.seed, "model_name": t.model_name, "run_dir": str(paths["run_dir"]),
         "viz_interval": cfg.mlflow.viz_interval,
         "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id, "color_by": cfg.mlflow.color_by},
-        "fail_at_epoch": fail_at_epoch, "fail_marker": str(paths["run_dir"] / ".injected_failure"),
     }
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=worker_cfg,
@@ -227,20 +260,42 @@ def log_summary(tracking_uri: str, run_id: str, summary: dict[str, Any], run_dir
     for key in ("test_loss", "test_perplexity", "unigram_test_loss", "unigram_test_perplexity", "best_val_loss"):
         client.log_metric(run_id, key, float(summary[key]))
     path = run_dir / "test_metrics.json"
-    path.write_text(json.dumps(summary, indent=2))
+    write_json(path, summary)
     client.log_artifact(run_id, str(path))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The command line: Hydra's, with every input error as one line on stderr and exit status 2.
+
+    The overrides are composed once before Hydra runs, so an unknown key, a wrong type or a missing
+    config file is reported as ``error: <key or file>: <what>`` instead of Hydra's multi-line
+    report (exit 1); a missing or invalid dataset, empty splits or out-of-range values likewise.
+    """
     import hydra
+
+    from ray_jobs.pretrain.cli import InputError, check_overrides, input_errors, one_line
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        check_overrides(argv)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     @hydra.main(version_base=None, config_path="configs", config_name="config")
     def _entry(cfg: DictConfig) -> None:
         try:
             validate(cfg)
             run(cfg)
-        except PretrainConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except input_errors() as exc:
+            # SystemExit passes through Hydra's error report untouched
+            print(f"error: {one_line(exc)}", file=sys.stderr)
             sys.exit(2)
 
-    _entry()
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "ray_jobs.pretrain", *argv]
+    try:
+        _entry()
+    finally:
+        sys.argv = saved
+    return 0

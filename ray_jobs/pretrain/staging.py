@@ -28,16 +28,16 @@ from embedders.store.atomic import atomic_write_bytes
 from ray_jobs.pretrain.config import PretrainConfigError, stage_path
 
 
-def stage_dataset(root_uri: str, local_root: Path) -> dict[str, int]:
+def stage_dataset(root_uri: str, local_root: Path, id_column: str | None = None) -> dict[str, int]:
     """Copy ``root_uri``'s info.csv and the MIDI files it lists to ``local_root``; counts what happened.
 
     Missing MIDI files are left out here and reported by the job as it reports a missing local file.
     """
-    from embedders.dataset import read_info_csv
+    from embedders.dataset import has_medium, read_info_csv
 
-    info = read_info_csv(root_uri)  # refuses paths that leave the dataset folder, as locally
+    info = read_info_csv(root_uri, id_column=id_column)  # refuses paths that leave the dataset folder, as locally
     counts = {"copied": 0, "kept": 0, "missing": 0}
-    for rel in info["midi_filename"].dropna().astype(str):
+    for rel in info.loc[has_medium(info, "midi_filename"), "midi_filename"]:
         source, target = fs.join(root_uri, rel), local_root / rel
         try:
             size = fs.file_size(source)
@@ -70,7 +70,7 @@ def _localize_dataset(cfg: DictConfig) -> None:
         return
     base = stage_path(str(d.info_csv or d.data_root), "data")
     local_root = base / "raw" / name
-    counts = stage_dataset(root_uri, local_root)
+    counts = stage_dataset(root_uri, local_root, d.id_column)
     print(f"staged {root_uri} -> {local_root}: {counts['copied']} MIDI file(s) copied, {counts['kept']} already "
           f"there, {counts['missing']} missing", flush=True)
     if d.info_csv:

@@ -29,10 +29,11 @@ from typing import Any
 
 import pandas as pd
 
-from embedders.store.atomic import atomic_write_bytes
+from analysis.labels import resolve_task
+from embedders.store.atomic import json_ready, write_json
 from embedders.store.h5 import list_embedders, load
 from embedders.store.parts import MEDIA, StoreError
-from ray_jobs.sweep.space import LabelSpec, describe_space, resolve_task, search_space, task_key
+from ray_jobs.sweep.space import LabelSpec, describe_space, search_space, task_key
 
 # settings that change what a task's search or retraining means; a rerun must keep them
 SEARCH_KEYS = ("h5_path", "embedding_type", "num_samples", "scheduler", "max_epochs", "patience", "grace_period",
@@ -143,7 +144,7 @@ def plan_tasks(settings: Settings) -> list[Task]:
     tasks = []
     for spec in settings.labels:
         try:
-            task, reason = resolve_task(spec, metadata[spec.label])
+            task, reason = resolve_task(spec.task, metadata[spec.label], source=f"--labels {spec.label}:{spec.task}")
         except ValueError as exc:
             raise SweepError(str(exc)) from None
         for medium, names in chosen.items():
@@ -165,16 +166,8 @@ def _metadata(h5: Path, chosen: dict[str, list[str]]) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------- state files
-def write_json(path: Path, payload: Any) -> None:
-    from analysis.report.compare_outputs import json_safe
-
-    atomic_write_bytes(path, json.dumps(json_safe(payload), indent=2, sort_keys=True, allow_nan=False).encode())
-
-
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
-
-
 
 
 def check_or_record_settings(settings: Settings) -> dict[str, Any]:
@@ -183,14 +176,12 @@ def check_or_record_settings(settings: Settings) -> dict[str, Any]:
     Returns the recorded sweep description (its experiment name and tracking URI win over
     defaults derived again, so a rerun lands in the same MLflow experiment).
     """
-    from analysis.report.compare_outputs import json_safe
-
     path = settings.output_dir / "sweep.json"
     current = settings.search_settings()
     if path.exists():
         recorded = read_json(path)
         before = recorded.get("search", {})
-        differ = {k: (before.get(k), current[k]) for k in current if json_safe(before.get(k)) != json_safe(current[k])}
+        differ = {k: (before.get(k), current[k]) for k in current if json_ready(before.get(k)) != json_ready(current[k])}
         if differ:
             lines = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in differ.items())
             raise SweepError(f"--output_dir {settings.output_dir} holds a sweep with other search settings ({lines}). "

@@ -26,10 +26,11 @@ from ray.exceptions import RayTaskError
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from analysis.sweep_table import build_table, key_metrics, table_markdown
-from embedders.store.atomic import atomic_write_bytes
+from analysis.report.sweep_page import table_markdown
+from analysis.sweep_table import build_table, key_metrics
+from embedders.store.atomic import atomic_write_bytes, write_json
 from embedders.store.parts import StoreError
-from ray_jobs.sweep.plan import Settings, Task, read_json, task_dir, task_state, tune_dir, write_json
+from ray_jobs.sweep.plan import Settings, Task, read_json, task_dir, task_state, tune_dir
 from ray_jobs.sweep.results import record_from_seeds
 from ray_jobs.sweep.space import search_space, train_config_kwargs
 from ray_jobs.sweep.tracking import RecordingASHA, SweepTracking, TrialLogger

@@ -4,20 +4,18 @@
 here as plain data lets it be documented, tested and recorded in every output without Tune.
 
 Label tasks (``--labels composer,bpm`` or forced: ``bpm:regression``, ``n_parts:classification``):
-``auto`` is ``training.classifier_data``'s rule (one rule for train_classifier and the sweep): a
-regression when the column is numeric (not boolean) with at least
-``analysis.labels.AUTO_REGRESSION_MIN_UNIQUE`` (20) distinct values (bpm, duration); everything
-else, including small integer codes such as ``n_parts``, is a classification.
+``auto`` is ``analysis.labels.resolve_task``, the rule of every job: a regression when the column
+is numeric (not boolean) with at least 20 distinct values (bpm, duration); everything else,
+including small integer codes such as ``n_parts``, is a classification.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
 from typing import Any
 
-import pandas as pd
+from analysis.labels import TASKS
 
 PROBES_FOR = {"average": ("linear", "mlp"), "sequence": ("attention", "bilstm")}
 HIDDEN_DIMS = (64, 128, 256, 512)
@@ -25,9 +23,6 @@ BATCH_SIZES = (16, 32, 64)
 DROPOUT_RANGE = (0.0, 0.5)
 LEARNING_RATE_RANGE = (1e-4, 3e-2)
 WEIGHT_DECAY_RANGE = (1e-7, 1e-2)   # log scale; 1e-7 is "practically none"
-TASKS = ("classification", "regression")
-# the validation metric each task is selected and early-stopped on (higher is better for both)
-SCORE = {"classification": "accuracy", "regression": "r2"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,35 +106,6 @@ def parse_labels(text: str) -> list[LabelSpec]:
     if not specs:
         raise ValueError(f"--labels: expected at least one label, got {text!r}")
     return specs
-
-
-def infer_task(values: Sequence[Any] | pd.Series) -> tuple[str, str]:
-    """(task, reason) by the rule in the module docstring; ``values`` are the label column's entries."""
-    from analysis.labels import AUTO_REGRESSION_MIN_UNIQUE
-    from training.classifier_data import resolve_task as data_rule
-
-    series = pd.Series(values)
-    task = data_rule(series, "auto")
-    numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
-    distinct = int(series.nunique())
-    if not numeric:
-        return task, "not numeric"
-    relation = ">=" if distinct >= AUTO_REGRESSION_MIN_UNIQUE else "<"
-    return task, f"numeric with {distinct} distinct values ({relation} {AUTO_REGRESSION_MIN_UNIQUE})"
-
-
-def resolve_task(spec: LabelSpec, values: Sequence[Any] | pd.Series) -> tuple[str, str]:
-    """The task of a label: forced by its spec, else inferred; a forced regression needs numbers."""
-    if spec.task == "auto":
-        return infer_task(values)
-    if spec.task == "regression":
-        numeric = pd.to_numeric(pd.Series(values), errors="coerce")
-        raw = pd.Series(values).reset_index(drop=True)
-        bad = raw[numeric.reset_index(drop=True).isna() & ~raw.isna()]
-        if len(bad):
-            raise ValueError(f"--labels {spec.label}:regression: {len(bad)} non-empty value(s) of column "
-                             f"{spec.label!r} are not numbers (e.g. {bad.iloc[0]!r})")
-    return spec.task, "forced on the command line"
 
 
 def task_key(medium: str, embedder: str, label: str) -> str:

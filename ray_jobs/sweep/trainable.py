@@ -14,7 +14,6 @@ touched here.
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from ray import tune
 
+from embedders.store.atomic import write_json
 from ray_jobs.sweep.space import Dimension, search_space
 
 
@@ -105,4 +105,4 @@ def save_best(experiment: Any, folder: Path, info: dict[str, Any]) -> None:
     from training.experiment import MODEL_FILE
 
     torch.save(experiment.state(), folder / MODEL_FILE)
-    (folder / "trial.json").write_text(json.dumps(info, indent=2, default=str))
+    write_json(folder / "trial.json", info)

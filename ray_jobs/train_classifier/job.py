@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedder", default=None, help="embedder in the store (needed when the medium holds several)")
     p.add_argument("--model", default="auto",
                    help="linear | mlp (average), attention | bilstm (sequence), auto, or module:Class")
-    p.add_argument("--model_kwargs", type=_model_kwargs, default={}, help="extra model arguments: a JSON object or KEY=VALUE,KEY=VALUE")
+    p.add_argument("--model_kwargs", type=_model_kwargs, default={},
+                   help="extra model arguments: a JSON object or KEY=VALUE,KEY=VALUE")
     p.add_argument("--hidden_dim", type=int, default=256)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--weight_decay", type=float, default=0.0)
@@ -122,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, argv: list[str] | None, h5_local: Path) -> int:
     from embedders.store import filesystem as fs
+    from embedders.store.atomic import write_json
     from training.classifier_data import TaskDataError, load_task
     from training.classifiers import ModelSpecError
-    from training.experiment import HISTORY_FILE, ClassificationExperiment, ModelFileError, TrainConfig, write_json
+    from training.experiment import HISTORY_FILE, ClassificationExperiment, ModelFileError, TrainConfig
 
     try:
         data = load_task(h5_local, args.medium, args.label, embedder=args.embedder,
@@ -167,7 +169,8 @@ def _run(args, argv: list[str] | None, h5_local: Path) -> int:
 
 
 def _train(args, argv, data, config, save_dir: Path) -> None:
-    from training.experiment import HISTORY_FILE, run_seeds, write_json
+    from embedders.store.atomic import write_json
+    from training.experiment import HISTORY_FILE, run_seeds
 
     def progress(epoch: int, m: dict) -> None:
         score = m.get("val_accuracy", m.get("val_r2"))

@@ -54,7 +54,8 @@ def published_dict(model, variant: str = "clamp3", seed: int = 0) -> dict:
     enc, proj = SYMBOLIC_NAMES[variant]
     state = {}
     for key, value in model.state_dict().items():
-        key = key.replace("symbolic_model.", enc, 1) if key.startswith("symbolic_model.") else key.replace("symbolic_proj.", proj, 1)
+        theirs = enc if key.startswith("symbolic_model.") else proj
+        key = key.replace("symbolic_model." if theirs == enc else "symbolic_proj.", theirs, 1)
         state[key] = value.detach().clone()
     gen = torch.Generator().manual_seed(seed + 1)
     h = model.config.hidden_size
@@ -86,6 +87,7 @@ def write_checkpoint(path, options: dict | None = None, variant: str = "clamp3",
 
 
 def clamp_contract_config(tmp_path_factory) -> dict:
-    """Embedder options for the registry contract test: a small checkpoint in the published format."""
+    """Embedder options for the registry contract test: a small checkpoint in the published format, on
+    the CPU (reference numbers are CPU fp32; a GPU would run bf16 under device=auto)."""
     path = write_checkpoint(tmp_path_factory.mktemp("clamp") / PUBLISHED_NAME)
-    return {"checkpoint": str(path), **SMALL}
+    return {"checkpoint": str(path), "device": "cpu", **SMALL}

@@ -133,6 +133,7 @@ def write_checkpoint(path, amodel: str = "HTSAT-tiny", enable_fusion: bool = Fal
 
 
 def clap_contract_config(tmp_path_factory) -> dict:
-    """Embedder options for the registry contract test: an HTSAT-tiny checkpoint in the published format."""
+    """Embedder options for the registry contract test: an HTSAT-tiny checkpoint in the published format,
+    on the CPU (fp32; a GPU would run bf16 under device=auto)."""
     require_extra()
-    return {"checkpoint": str(write_checkpoint(tmp_path_factory.mktemp("clap") / PUBLISHED_NAME))}
+    return {"checkpoint": str(write_checkpoint(tmp_path_factory.mktemp("clap") / PUBLISHED_NAME)), "device": "cpu"}

@@ -71,6 +71,7 @@ def write_hub_cache(torch_home, **kwargs) -> Path:
 
 
 def openl3_contract_config(tmp_path_factory) -> dict:
-    """Embedder options for the registry contract test: random weights in the published format."""
+    """Embedder options for the registry contract test: random weights in the published format, on the
+    CPU (fp32; a GPU would run bf16 under device=auto)."""
     path = write_weights(tmp_path_factory.mktemp("openl3"), **CONTRACT_OPTIONS)
-    return {"checkpoint": str(path), **CONTRACT_OPTIONS}
+    return {"checkpoint": str(path), "device": "cpu", **CONTRACT_OPTIONS}

@@ -14,11 +14,15 @@ store's ``average`` is then the unweighted mean over chunks, so a short last chu
 as a full one (for most pieces T is 1 or 2 at max_seq_len 2048).
 
 Batch invariance: chunks are padded only inside the batch, the key padding mask hides the padding
-from real tokens and pooling ignores it; all in float32. A score's vectors are the same (within
-float rounding) whether it is embedded alone or with others.
+from real tokens and pooling (in float32) ignores it. A score's vectors are the same (within float
+rounding) whether it is embedded alone or with others.
 
-The config hash includes the SHA-256 of the checkpoint file, so new weights at the same path give
-new store rows instead of silently mixing with the old ones.
+Stages: ``prepare`` tokenises and chunks a score on the CPU (a list of int32 id arrays, no model
+needed: the tokenizer comes from the checkpoint); ``forward`` batches the chunks of all items,
+longest first, at most ``MAX_BATCH_TOKENS`` padded tokens (and ``batch_size`` chunks, if set) per
+pass. Device (auto: CUDA when visible), precision (auto: bf16 autocast on CUDA, fp32 on CPU),
+model cache and hashing (the config hash includes the checkpoint's SHA-256, so new weights at the
+same path give new store rows) are embedders/torch_embedder.py's.
 
 Model, tokenizer and chunking are this package's siblings of this module; ``training`` imports them.
 """
@@ -26,91 +30,68 @@ Model, tokenizer and chunking are this package's siblings of this module; ``trai
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from embedders.base import CheckpointError, ConfigError, Embedder, EmbedderConfig, EmbeddingFailedError, EmptyInputError
+from embedders.base import CheckpointError, ConfigError, EmbedderConfig, EmbeddingFailedError, EmptyInputError
 from embedders.registry import register
+from embedders.torch_embedder import TorchEmbedder, TorchEmbedderConfig, memo
 
 HOW_TO_GET = ("train one with `python -m ray_jobs.pretrain`, then pass its checkpoint file "
               "with --symbolic_checkpoint PATH (or checkpoint=PATH)")
 MAX_BATCH_TOKENS = 16384  # chunks per forward pass are limited by padded tokens, to bound memory
-_CACHE: dict[tuple[str, str, int, int], Any] = {}  # (what, path, size, mtime_ns) -> value
 
 
 @dataclasses.dataclass(frozen=True)
-class MIDITransformerEmbedderConfig(EmbedderConfig):
-    checkpoint: str = ""
-    device: str = "cpu"
+class MIDITransformerEmbedderConfig(TorchEmbedderConfig):
+    embedder: ClassVar[str] = "midi_transformer"
+
     max_seq_len: int = 0  # 0: the model's max_seq_len
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_seq_len < 0:
             raise ConfigError(f"midi_transformer: max_seq_len must be >= 0, got {self.max_seq_len}")
-
-
-def _file_id(path: str) -> tuple[str, int, int]:
-    if not path:
-        raise CheckpointError(f"embedder 'midi_transformer' needs a checkpoint: {HOW_TO_GET}")
-    try:
-        st = os.stat(path)
-    except OSError:
-        raise CheckpointError(f"midi_transformer checkpoint not found: {path}; {HOW_TO_GET}") from None
-    return os.path.abspath(path), int(st.st_size), int(st.st_mtime_ns)
-
-
-def _cached(what: str, path: str, make):
-    """Memoise per checkpoint file version (a rewritten file has a new mtime or size)."""
-    key = (what, *_file_id(path))
-    if key not in _CACHE:
-        _CACHE[key] = make(key[1])
-    return _CACHE[key]
-
-
-def checkpoint_sha256(path: str) -> str:
-    def digest(p: str) -> str:
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-
-    return _cached("sha256", path, digest)
 
 
 def checkpoint_config(path: str):
     """The model config stored in the checkpoint (memory-mapped read: cheap even for big files)."""
     from embedders.symbolic.midi_transformer.transformer import config_from_checkpoint, read_checkpoint
 
-    return _cached("config", path, lambda p: config_from_checkpoint(read_checkpoint(p, mmap=True), p))
+    return memo("midi_transformer_config", path, lambda p: config_from_checkpoint(read_checkpoint(p, mmap=True), p))
+
+
+def checkpoint_tokenizer_params(path: str) -> str:
+    from embedders.symbolic.midi_transformer.transformer import read_checkpoint
+
+    return memo("midi_transformer_tokenizer", path, lambda p: str(read_checkpoint(p, mmap=True)["tokenizer"]))
 
 
 @register
-class MIDITransformerEmbedder(Embedder):
+class MIDITransformerEmbedder(TorchEmbedder):
     name: ClassVar[str] = "midi_transformer"
     modality: ClassVar[str] = "symbolic"
     sample_rate: ClassVar[int | None] = None
     Config: ClassVar[type[EmbedderConfig]] = MIDITransformerEmbedderConfig
     hop_seconds = None  # frames are chunks of tokens
     default_batch_size: ClassVar[int] = 16
+    network_fields: ClassVar[tuple[str, ...]] = ()  # the checkpoint alone defines the network
+    source_modules: ClassVar[tuple[str, ...]] = tuple(
+        f"embedders.symbolic.midi_transformer.{m}" for m in ("transformer", "tokenizer", "chunking"))
+    forward_batch: ClassVar[dict[str, int]] = {"cpu": MAX_BATCH_TOKENS, "cuda": MAX_BATCH_TOKENS}  # tokens bound it
+    packages: ClassVar[tuple[str, ...]] = ("miditok", "symusic")
+    how_to_get: ClassVar[str] = HOW_TO_GET
+    weights_label: ClassVar[str] = "midi_transformer checkpoint"
 
-    def __init__(self, config: MIDITransformerEmbedderConfig | None = None):
-        super().__init__(config)  # output_dim() validates the checkpoint path and reads its config
-        import torch
-
+    def __init__(self, config: MIDITransformerEmbedderConfig | None = None, *, load: bool = True):
+        super().__init__(config, load=load)  # output_dim() validates the checkpoint path and reads its config
         from embedders.symbolic.midi_transformer.tokenizer import special_ids, tokenizer_from_params
-        from embedders.symbolic.midi_transformer.transformer import load_checkpoint
 
-        cfg = self.config
-        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"midi_transformer: device {cfg.device!r} requested but CUDA is not available")
-        loaded = load_checkpoint(cfg.checkpoint, device=cfg.device)
-        self.model, self.model_config = loaded.model, loaded.config
-        self.tokenizer = tokenizer_from_params(loaded.tokenizer_params)
+        cfg: MIDITransformerEmbedderConfig = self.config  # type: ignore[assignment]
+        self.model_config = checkpoint_config(self.weights_path)
+        self.tokenizer = tokenizer_from_params(checkpoint_tokenizer_params(self.weights_path))
         self.pad_id = special_ids(self.tokenizer).pad
         self.max_seq_len = cfg.max_seq_len or self.model_config.max_seq_len
         if self.max_seq_len > self.model_config.max_seq_len:
@@ -120,37 +101,25 @@ class MIDITransformerEmbedder(Embedder):
             raise CheckpointError(f"checkpoint {cfg.checkpoint}: tokenizer has {len(self.tokenizer)} ids but the "
                                   f"model embeds {self.model_config.vocab_size}")
 
+    def load_model(self, path: str):
+        from embedders.symbolic.midi_transformer.transformer import load_checkpoint
+
+        return load_checkpoint(path).model
+
     # -- self-description --------------------------------------------------------------------
     @classmethod
     def output_dim(cls, config: EmbedderConfig) -> int:
-        return int(checkpoint_config(config.checkpoint).embed_dim)  # type: ignore[attr-defined]
+        return int(checkpoint_config(cls.locate_weights(config)).embed_dim)
 
     @classmethod
-    def source_hash(cls) -> str:
-        """Also the model, tokenizer and chunking code: a change there changes outputs."""
-        import inspect
-
-        from embedders.symbolic.midi_transformer import chunking, tokenizer, transformer
-
-        digest = hashlib.sha256(super().source_hash().encode())
-        for module in (transformer, tokenizer, chunking):
-            digest.update(inspect.getsource(module).encode())
-        return digest.hexdigest()[:16]
-
-    @classmethod
-    def hash_config(cls, config: EmbedderConfig) -> str:
-        base = super().hash_config(config)
-        return hashlib.sha256(f"{base}:{checkpoint_sha256(config.checkpoint)}".encode()).hexdigest()[:16]  # type: ignore[attr-defined]
-
-    @classmethod
-    def describe_config(cls, config: EmbedderConfig) -> dict[str, Any]:
-        out = super().describe_config(config)
-        out["checkpoint_sha256"] = checkpoint_sha256(config.checkpoint)  # type: ignore[attr-defined]
-        out["model_config"] = dataclasses.asdict(checkpoint_config(config.checkpoint))  # type: ignore[attr-defined]
+    def describe_config(cls, config: EmbedderConfig, *, cuda: bool | None = None) -> dict[str, Any]:
+        out = super().describe_config(config, cuda=cuda)
+        out["model_config"] = dataclasses.asdict(checkpoint_config(cls.locate_weights(config)))
         return out
 
     # -- embedding ---------------------------------------------------------------------------
-    def _chunks(self, score: Any) -> list[np.ndarray]:
+    def prepare(self, score: Any) -> list[np.ndarray]:
+        """One score's chunks of token ids (int32 arrays of at most ``max_seq_len``)."""
         from embedders.symbolic.midi_transformer.chunking import tokenize_to_chunks
 
         try:
@@ -161,30 +130,26 @@ class MIDITransformerEmbedder(Embedder):
             raise EmptyInputError(None, "score yields no tokens (no notes in the tokenizer's range)")
         return chunks
 
-    def embed(self, items: Sequence[Any]) -> list[np.ndarray]:
+    def forward(self, prepared: Sequence[list[np.ndarray]]) -> list[np.ndarray]:
+        """Chunks per item -> (T_i = chunks, D) mean-pooled final states."""
         import torch
 
-        per_item = [self._chunks(score) for score in items]
-        flat = [(i, c) for i, chunks in enumerate(per_item) for c in chunks]
+        flat = [c for chunks in prepared for c in chunks]
         # Longest first, so each forward pass pads little; padding does not change results anyway.
-        order = sorted(range(len(flat)), key=lambda k: -len(flat[k][1]))
+        order = sorted(range(len(flat)), key=lambda k: -len(flat[k]))
         pooled = np.zeros((len(flat), self.dim), dtype=np.float32)
-        device = torch.device(self.config.device)
-        with torch.inference_mode():
-            start = 0
-            while start < len(order):
-                width = len(flat[order[start]][1])
-                take = order[start:start + max(1, MAX_BATCH_TOKENS // width)]
-                ids = torch.full((len(take), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(take), width), dtype=torch.bool)
-                for r, k in enumerate(take):
-                    chunk = torch.from_numpy(flat[k][1].astype(np.int64))
-                    ids[r, :len(chunk)], mask[r, :len(chunk)] = chunk, True
-                _, vec = self.model.embed(ids.to(device), mask.to(device))  # (b, D)
-                pooled[take] = vec.float().cpu().numpy()
-                start += len(take)
-        out, k = [], 0
-        for chunks in per_item:
-            out.append(self.check_output(None, pooled[k:k + len(chunks)]))
-            k += len(chunks)
-        return out
+        start = 0
+        while start < len(order):
+            width = len(flat[order[start]])
+            take = order[start:start + max(1, min(self.batch_size, MAX_BATCH_TOKENS // width))]
+            ids = torch.full((len(take), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(take), width), dtype=torch.bool)
+            for r, k in enumerate(take):
+                chunk = torch.from_numpy(np.asarray(flat[k], dtype=np.int64))
+                ids[r, :len(chunk)], mask[r, :len(chunk)] = chunk, True
+            with self.inference():
+                _, vec = self.model.embed(self.to_device(ids), self.to_device(mask))  # (b, D)
+            pooled[take] = vec.float().cpu().numpy()
+            start += len(take)
+        bounds = np.cumsum([0, *(len(chunks) for chunks in prepared)])
+        return [pooled[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

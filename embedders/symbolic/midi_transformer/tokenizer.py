@@ -8,6 +8,10 @@ invalidates every token cache built with the old tokenizer):
 * ``use_programs=True`` with MidiTok's default ``one_token_stream_for_programs=True``: every track
   goes into ONE sequence, each note preceded by its Program_ token. A multi-track piece is one
   sequence for one embedding, and the model sees the instrumentation.
+* drum tracks (MIDI channel 10) are kept: MidiTok's drum program (``Program_-1``) and ``PitchDrum_``
+  tokens for notes 22-87 (``drums_pitch_range``): the General MIDI percussion map (27-87) plus the
+  Roland TD-11 hi-hat edge notes 22 and 26 that the Groove MIDI Dataset records (MidiTok's default
+  range starts at 27 and would drop them).
 * default ``beat_res`` ({(0, 4): 8, (4, 12): 4} positions per beat), 32 velocity bins.
 * special tokens PAD, BOS, EOS, MASK (MidiTok names them ``PAD_None`` ... and gives them ids 0..3).
 * BPE (MidiTok's default model) learned per bar (``encode_ids_split="bar"``, the default), so a
@@ -39,6 +43,7 @@ TOKENIZER_OPTIONS: dict[str, Any] = {
     "use_tempos": True,
     "use_time_signatures": True,
     "use_programs": True,
+    "drums_pitch_range": (22, 88),
     "num_velocities": 32,
     "special_tokens": list(SPECIAL_TOKENS),
 }

@@ -106,12 +106,13 @@ class MIDITransformerEncoder(nn.Module):
         return F.linear(h, self.token_emb.weight, self.mlm_bias)  # (B, L, V) or (N, V)
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (sequence (B, L, D), pooled (B, D)): pooled = mean over the real (non-pad) positions."""
+        """-> (sequence (B, L, D), pooled (B, D) float32): pooled = mean over the real (non-pad) positions,
+        summed in float32 even under autocast (a bf16 sum over thousands of tokens loses digits)."""
         h = self.encode(input_ids, attention_mask)  # (B, L, D)
         keep = attention_mask.bool()[..., None]  # (B, L, 1)
         # where, not multiply: padded rows may hold NaN on the inference fast path, and NaN * 0 = NaN
-        total = torch.where(keep, h, torch.zeros((), dtype=h.dtype, device=h.device)).sum(1)  # (B, D)
-        pooled = total / keep.sum(1).clamp(min=1).to(h.dtype)  # (B, D)
+        total = torch.where(keep, h.float(), torch.zeros((), device=h.device)).sum(1)  # (B, D)
+        pooled = total / keep.sum(1).clamp(min=1)  # (B, D)
         return h, pooled
 
 
@@ -300,10 +301,6 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
                               f"{detail[:1500]}") from None
     extra = {k: v for k, v in ckpt.items() if k not in REQUIRED_KEYS}
     return LoadedCheckpoint(model.to(device).eval(), config, str(ckpt["tokenizer"]), extra, Path(path))
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in unwrap(model).parameters())
 
 
 def perplexity(loss: float) -> float:
