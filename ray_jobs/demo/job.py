@@ -24,6 +24,7 @@ from pathlib import Path
 
 from embedders.dataset import dataset_dir, embeddings_dir
 from embedders.store.atomic import atomic_write_bytes, write_json
+from ray_jobs.console import add_verbose_flag
 
 LABELS = ("composer", "time_signature")  # composer and metre: the two the page reports
 AUDIO = "melstats"
@@ -53,26 +54,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep_epochs", type=int, default=40, help="most epochs per sweep trial")
     p.add_argument("--seeds", type=int, default=3, help="seeds for the final retraining of each best config")
     p.add_argument("--n_permutations", type=int, default=1000, help="compare_embeddings null draws")
+    add_verbose_flag(p)
     return p
 
 
+STAGES = ("prepare_dataset", "pretrain", "generate_embeddings", "compare_embeddings", "sweep", "results page")
+
+
 class Stages:
-    """Runs stages in order, skipping finished ones, and keeps their wall times."""
+    """Runs stages in order, skipping finished ones, and keeps their wall times and what they did."""
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
+        self.runs: dict[str, list[int]] = {}  # stage -> [steps run, steps skipped]
+
+    def header(self, name: str) -> None:
+        if name not in self.runs:
+            self.runs[name] = [0, 0]
+            print(f"\n== [{STAGES.index(name) + 1}/{len(STAGES)}] {name}", flush=True)
 
     def run(self, name: str, done: bool, fn, *args) -> None:
+        self.header(name)
         if done:
-            print(f"== {name}: output present, skipped", flush=True)
+            print("   output present, skipped", flush=True)
             self.timings.setdefault(name, 0.0)
+            self.runs[name][1] += 1
             return
-        print(f"== {name}", flush=True)
         started = time.perf_counter()
         status = fn(*args)
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - started, 1)
+        self.runs[name][0] += 1
         if status not in (0, None):
             raise SystemExit(f"demo: stage {name} failed with exit status {status}")
+
+    def table(self) -> str:
+        lines = [f"{'stage':<22}{'runs':>6}{'skipped':>9}{'seconds':>10}"]
+        for name, (ran, skipped) in self.runs.items():
+            lines.append(f"{name:<22}{ran:>6}{skipped:>9}{self.timings.get(name, 0.0):>10.1f}")
+        lines.append(f"{'total':<22}{'':>6}{'':>9}{sum(self.timings.values()):>10.1f}")
+        return "\n".join(lines)
 
 
 def pretrain(data_root: str, dataset: str, results: Path, epochs: int, tracking_uri: str) -> None:
@@ -114,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     from ray_jobs.ray_session import ensure_ray
     from ray_jobs.sweep import job as sweep
 
-    ensure_ray(args.num_cpus)
+    # One Ray instance for the whole chain (every stage finds it initialised); with the dashboard,
+    # whose state API Ray Train's controller polls during pretraining.
+    ray_started = time.perf_counter()
+    ensure_ray(args.num_cpus, dashboard=True, verbose=args.verbose)
+    ray_start_seconds = round(time.perf_counter() - ray_started, 1)
     results = Path(args.results_dir).absolute()
     results.mkdir(parents=True, exist_ok=True)
     tracking_uri = f"sqlite:///{results / 'mlflow.db'}"
@@ -155,12 +179,15 @@ def main(argv: list[str] | None = None) -> int:
                 "--max_epochs", str(args.sweep_epochs), "--seeds", str(args.seeds),
                 "--mlflow_tracking_uri", tracking_uri])
 
+    stages.header("results page")
     timings = stages.timings  # this run's: 0.0 marks a stage skipped because its output was present
     write_json(results / "demo_timings.json", timings)
     page = results / "index.html"
     atomic_write_bytes(page, demo_index.render(page, info_csv=info_csv, h5=h5, model=model, compare_dirs=compare_dirs,
                                                sweep_dir=sweep_dir, tracking_uri=tracking_uri, timings=timings).encode())
-    print("\nstage timings (s): " + ", ".join(f"{k} {v}" for k, v in stages.timings.items()))
+    stages.runs["results page"][0] += 1
+    print("\n" + stages.table())
+    print(f"Ray started once for the chain in {ray_start_seconds} s")
     print(f"results page: {page}")
     print(f"MLflow: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1")
     return 0

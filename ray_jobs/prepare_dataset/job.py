@@ -42,6 +42,7 @@ from typing import Any
 
 from embedders.store import filesystem as fs
 from embedders.store.atomic import json_bytes
+from ray_jobs.console import Progress, add_verbose_flag
 from ray_jobs.prepare_dataset import index
 from ray_jobs.prepare_dataset.recipes import music21 as db
 from ray_jobs.prepare_dataset.recipes import performance as perf
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all_matches", action="store_true",
                    help="lakh_matched: one row per (MSD id, matched MIDI) pair instead of the best match per MSD id")
     p.add_argument("--overwrite", action="store_true", help="maestro/slakh/lakh_matched: replace a differing info.csv")
+    add_verbose_flag(p)
     return p
 
 
@@ -294,18 +296,20 @@ def main(argv: list[str] | None = None) -> int:
 
         from ray_jobs.ray_session import ensure_ray
 
-        ensure_ray(args.num_cpus)
+        ensure_ray(args.num_cpus, verbose=args.verbose)
         items = [{"work": json.dumps(dataclasses.asdict(w))} for w in todo]
         # absolute paths (or URIs): tasks on other nodes, or in another working directory, see the same
         kwargs = dict(dataset_dir=fs.display(dataset_dir), soundfont=fs.display(args.soundfont),
                       seed=args.seed, max_seconds=args.max_seconds, program=args.program, settings_hash=settings_hash,
                       performance=args.performance, families=tuple(args.families))
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
-        for row in dataset.map(build_one, fn_kwargs=kwargs, num_cpus=1).take_all():
-            if row["status"] == "built":
-                records[row["id"]] = json.loads(row["record"])
-            else:
-                failures.append({k: row[k] for k in FAILURE_COLUMNS})
+        with Progress("prepare_dataset", len(todo), unit="works") as progress:
+            for row in dataset.map(build_one, fn_kwargs=kwargs, num_cpus=1).iter_rows():
+                if row["status"] == "built":
+                    records[row["id"]] = json.loads(row["record"])
+                else:
+                    failures.append({k: row[k] for k in FAILURE_COLUMNS})
+                progress.update(done=1, failed=row["status"] != "built")
     failures.sort(key=lambda f: f["id"])
     write_csv(fs.join(dataset_dir, "build_failures.csv"), failures, FAILURE_COLUMNS)
     rows = [records[w.id] for w in works if w.id in records]  # works are sorted by id
