@@ -47,7 +47,8 @@ def _retrain(data: Any, config_kwargs: dict[str, Any], seeds: list[int], use_gpu
     """Ray task: the best configuration over seeds, each scored once on test, with its controls."""
     import torch
 
-    from training.experiment import TrainConfig, run_seeds
+    from training.experiment import TrainConfig
+    from training.seed_runs import run_seeds
 
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     return run_seeds(data, TrainConfig(**config_kwargs), seeds, device=device)
