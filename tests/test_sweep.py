@@ -348,3 +348,43 @@ def test_failed_task_exits_1_and_a_rerun_retries_it_without_duplicate_runs(run, 
     assert f"{N_TASKS} task(s) already finished" in capsys.readouterr().out
     assert runs_by_role(run.output_dir)["trial"] == N_TASKS * N_SAMPLES
     print(f"sweep timings (s): {run.seconds}")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models in this process: more intra-op threads only contend on a shared 2-core runner."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_few_groups_sweep_tasks_cross_validate(tmp_path, one_thread):
+    """5 drummers cannot fill a grouped 70/15/15 split: a task's data holds 5 folds, the search sees fold 1
+    (its params say so) and the retraining scores every recording once; its record says so. (The runner's
+    pieces without Ray: a whole sweep run with --group_column drummer costs a minute on the CI machine.)"""
+    from ray_jobs.sweep import runner
+    from ray_jobs.sweep.plan import plan_tasks
+    from ray_jobs.sweep.results import record_from_seeds
+    from tests.classifier_factory import separable_store
+
+    h5 = separable_store(tmp_path / "store", drummers=5)
+    args = sweep.build_parser().parse_args(["--h5_path", str(h5), "--output_dir", str(tmp_path / "o"), "--labels",
+                                             "style", "--group_column", "drummer", "--split_column", "none"])
+    settings = sweep.settings_from_args(args)
+    tasks = plan_tasks(settings)
+    assert len(tasks) == 2 and len(settings.row_ids) == 160
+    data = runner.load_data(settings, tasks[0])
+    params = runner._data_params(data)
+    assert (params["evaluation"], params["n_folds"], params["n_test"]) == ("logo", 5, 32)
+    kwargs = sp.train_config_kwargs({"model": "linear", "hidden_dim": 8, "dropout": 0.0, "learning_rate": 0.05,
+                                     "weight_decay": 0.0, "batch_size": 32}, num_epochs=2, patience=2, seed=0)
+    out = runner._retrain(data, kwargs, [0], False)
+    search = {"best_config": {}, "best_val": 1.0, "data": params}
+    record = record_from_seeds(tasks[0], search, out, [0])
+    assert record["evaluation"]["kind"] == "logo" and record["n_test"] == 160 == len(set(record["test_ids"]))
+    assert sorted(set(record["test_folds"])) == list(range(5)) and np.asarray(record["test_predictions"]).shape == (1, 160)
+    other = runner.load_data(settings, tasks[1])                                   # the symbolic task
+    assert other.provenance["evaluation"]["folds_sha256"] == data.provenance["evaluation"]["folds_sha256"]
