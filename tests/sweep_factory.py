@@ -10,8 +10,9 @@ fail; the media then differ in their valid rows and a comparison must still use 
 
 ``tiny_sweep``: the sweep every slow sweep test reads (``SWEEP_ANSWER_ARGS``: 4 configurations per
 task under ASHA, epochs enough for the known answer, 3 seeds) on a store of 150 recordings with 20%
-of the audio rows invalid. Its first run has one task fail on purpose (``FAILING_TASK``, after its
-search: MLflow runs exist), exits 1, and is rerun once, which retries only that task.
+of the audio rows invalid. Its first run has one task fail on purpose (``FAILING_TASK``, at its last
+step, writing result.json: its trials and final MLflow runs exist), exits 1, and is rerun once, which
+retrains only that task.
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def runs_by_role(output_dir: Path) -> dict[str, int]:
 def tiny_sweep(tmp_path_factory) -> SweepRun:
     """Run the CI sweep once per test session (the e2e and the browser tests read the same run).
 
-    The first run fails FAILING_TASK after its search (its record cannot be built), so the run exits
-    1 with that task's error.json; the rerun retrains only that task and exits 0.
+    The first run fails FAILING_TASK when it writes its result.json, so the run exits 1 with that task's
+    error.json; the rerun retrains only that task (replacing its final MLflow run) and exits 0.
     """
     key = str(tmp_path_factory.getbasetemp())
     if key not in _RUNS:
@@ -108,19 +109,20 @@ def tiny_sweep(tmp_path_factory) -> SweepRun:
         h5 = tiny_store(root, ANSWER_ROWS, INVALID_AUDIO)
         out = tmp_path_factory.mktemp("sweep_out") / "sweep"
         argv = ["--h5_path", str(h5), "--output_dir", str(out), *SWEEP_ANSWER_ARGS]
-        real = runner.record_from_seeds
+        real = runner.write_json
 
-        def failing(task, *args, **kwargs):
-            if task.key == FAILING_TASK:
-                raise ValueError(f"injected failure of {task.key} (tests/sweep_factory.py)")
-            return real(task, *args, **kwargs)
+        def failing(path, payload):
+            # the task dies at its very last step: its search, trials and final MLflow run exist already
+            if Path(path).name == "result.json" and Path(path).parent.name == FAILING_TASK:
+                raise ValueError(f"injected failure of {FAILING_TASK} (tests/sweep_factory.py)")
+            return real(path, payload)
 
-        runner.record_from_seeds = failing
+        runner.write_json = failing
         t0 = time.perf_counter()
         try:
             first = sweep.main(argv)
         finally:
-            runner.record_from_seeds = real
+            runner.write_json = real
         t1 = time.perf_counter()
         error_file = out / "tasks" / FAILING_TASK / "error.json"
         first_error = json.loads(error_file.read_text()) if error_file.exists() else None

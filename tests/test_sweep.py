@@ -226,8 +226,10 @@ def test_sweep_trials_are_mlflow_runs_with_epochs_and_models(run):
         assert trial.data.tags["avs.end"] == mine["end"]
         assert set(sp.search_space("average")) <= set(trial.data.params)
         assert "best_model.pth" in [a.path for a in client.list_artifacts(trial.info.run_id)]
+    records = _records(run.output_dir)
     for final in by_role["final"]:
         assert final.data.tags["mlflow.parentRunId"] in parents
+        assert final.data.tags["avs.test_ids_sha256"] == records[final.data.tags["avs.task"]]["test_ids_sha256"]
         assert len(client.get_metric_history(final.info.run_id, next(k for k in final.data.metrics
                                                                         if k in ("test_accuracy", "test_r2")))) == N_SEEDS
     summary = by_role["summary"][0]
@@ -322,6 +324,10 @@ def test_media_share_rows_split_and_test_ids_despite_invalid_audio(run):
                 y = np.asarray(record["test_targets"], float)
                 r2 = 1 - ((predictions - y) ** 2).sum(1) / ((y - y.mean()) ** 2).sum()
                 assert r2.tolist() == pytest.approx(record["test_scores"], abs=1e-6)
+    summary = json.loads((run.output_dir / "summary.json").read_text())["evaluation"]
+    assert summary[f"{A}/toy_audio/style"] == summary[f"{S}/toy_symbolic/style"] == {
+        "evaluation": "column 'split'", "test_ids_sha256": records[f"{A}__toy_audio__style"]["test_ids_sha256"],
+        "n_test": shared // 6}
     table = pd.read_csv(run.output_dir / "summary.csv", keep_default_na=False)
     for side in ("audio", "symbolic"):
         style = table.set_index("label").loc["style"]
@@ -330,13 +336,14 @@ def test_media_share_rows_split_and_test_ids_despite_invalid_audio(run):
 
 @pytest.mark.slow
 def test_failed_task_exits_1_and_a_rerun_retries_it_without_duplicate_runs(run, capsys):
-    """First run: one task fails after its search (exit 1, error.json, no record, the others finished).
-    Rerun: only that task is retrained; error.json goes, the table is complete, MLflow holds each run once."""
+    """First run: one task fails at its last step (exit 1, error.json, no record, the others finished).
+    Rerun: only that task is retrained; error.json goes, the table is complete, MLflow holds each run once
+    (the failed attempt's final run is replaced, not kept beside the new one)."""
     from tests.sweep_factory import FAILING_TASK, runs_by_role
 
     assert run.first_exit_code == 1 and run.exit_code == 0
     assert run.first_error["task"]["key"] == FAILING_TASK and "injected failure" in run.first_error["error"]
-    assert run.first_runs == {"task": N_TASKS, "trial": N_TASKS * N_SAMPLES, "final": N_TASKS - 1, "summary": 1}
+    assert run.first_runs == {"task": N_TASKS, "trial": N_TASKS * N_SAMPLES, "final": N_TASKS, "summary": 1}
     assert not (run.output_dir / "tasks" / FAILING_TASK / "error.json").exists()
     assert len(_records(run.output_dir)) == N_TASKS
     table = pd.read_csv(run.output_dir / "summary.csv", keep_default_na=False)

@@ -136,7 +136,11 @@ def shared_ids(h5_path, sources: Iterable[tuple[str, str | None]], embedding_typ
     total = 0
     for medium, embedder in sources:
         try:
-            es = _load_medium(h5_path, medium, embedder, embedding_type, None)
+            # validity is the same for both embedding types in the columnar layout (a valid row has
+            # frames), so the cheap averages tell it; a legacy file may hold empty sequences
+            es = _load_medium(h5_path, medium, embedder, "average", None)
+            if embedding_type == "sequence" and es.embedder == "legacy":
+                es = _load_medium(h5_path, medium, embedder, "sequence", None)
         except (StoreError, KeyError, ValueError) as exc:
             raise TaskDataError(f"{medium}/{embedder or '(only embedder)'}: {exc}") from exc
         ids = [str(i) for i in es.ids]

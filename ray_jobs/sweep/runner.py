@@ -206,7 +206,9 @@ def finish_task(settings: Settings, task: Task, search: dict, seeds_out: dict, t
     parent = search["parent_run_id"]
     tracking.discard_children(parent, "final")
     final = tracking.child_run(parent, task.key, f"final: best config x {len(record['seeds'])} seeds", "final",
-                               {**search["best_config"], "seeds": record["seeds"]})
+                               {**search["best_config"], "seeds": record["seeds"]},
+                               tags={"avs.test_ids_sha256": str(record.get("test_ids_sha256")),
+                                     "avs.evaluation": str(record["evaluation"].get("kind"))})
     for seed, score, shuffled in zip(record["seeds"], record["test_scores"], record["shuffled_scores"]):
         tracking.log_metrics(final, {f"test_{task.score_name}": score, f"shuffled_test_{task.score_name}": shuffled},
                              step=int(seed))
@@ -314,5 +316,8 @@ def write_summary(settings: Settings, tracking: SweepTracking) -> dict:
                                                        "tasks": len(records), "seeds": settings.seeds,
                                                        "num_samples": settings.num_samples,
                                                        "scheduler": settings.scheduler})
+    evaluation = {f"{r['medium']}/{r['embedder']}/{r['label']}": {
+        "evaluation": r.get("evaluation", {}).get("description") or r.get("data", {}).get("split_source"),
+        "test_ids_sha256": r.get("test_ids_sha256"), "n_test": r.get("n_test")} for r in records}
     return {"table": table.to_dict("records"), "records": len(records), "markdown": markdown,
-            "summary_run_id": run_id, "sides": sides}
+            "summary_run_id": run_id, "sides": sides, "evaluation": evaluation}
