@@ -44,6 +44,7 @@ def synthetic_store(root, n=N, missing_symbolic=("r3",)):
     info = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "audio_filename": [f"a/{i}.wav" for i in range(n)],
                          "midi_filename": [f"m/{i}.mid" for i in range(n)], "style": styles,
                          "bpm": 60.0 + rng.uniform(0, 100, n).round(1), "piece": [f"p{i // 2}" for i in range(n)],
+                         "session": [f"s{i % 4}" for i in range(n)],
                          "split": np.where(np.arange(n) % 3 == 0, "test", np.where(np.arange(n) % 7 == 0,
                                                                                     "validation", "train"))})
     wa = ShardWriter(root, A, "aud", "h", {"embedder": "aud"}, 16)
@@ -238,6 +239,47 @@ def test_missing_file_flag_and_too_few_rows(tmp_path, capsys):
     small = synthetic_store(tmp_path / "small", n=12)
     assert compare_embeddings.main(["--h5_path", str(small), "--output_dir", str(tmp_path / "o"), *FAST]) == 2
     assert "at least 20" in capsys.readouterr().err
+
+
+def test_retrieval_split_keeps_groups_on_one_side():
+    """A split column that puts a group on both sides is not used; whole groups are drawn, about half each."""
+    from ray_jobs.compare_embeddings.rows import retrieval_split
+
+    n = 60
+    meta = pd.DataFrame({"split": np.where(np.arange(n) % 3 == 0, "test", "train"), "piece": [f"p{i // 2}" for i in range(n)],
+                         "block": [f"b{i // 30}" for i in range(n)]})
+    train, test, desc = retrieval_split(meta, seed=0)
+    assert test.size == 20 and "metadata 'split'" in desc
+    train, test, desc = retrieval_split(meta, seed=0, group_column="piece")
+    pieces = meta["piece"].to_numpy()
+    assert not set(pieces[train]) & set(pieces[test]) and train.size + test.size == n
+    assert abs(test.size - n / 2) <= 2 and "seeded 50/50 of whole piece groups" in desc and "not used" in desc
+    kept = retrieval_split(meta.assign(split=np.where(np.arange(n) < 30, "test", "train")), 0, "block")
+    assert kept[1].size == 30 and "no block group on both sides" in kept[2]      # a grouped split column is kept
+    _, _, desc = retrieval_split(meta.drop(columns="split"), seed=0, group_column="piece")
+    assert "no 'split' column" in desc
+
+
+def test_few_groups_use_leave_one_group_out_and_other_media_pairs(store, runs, tmp_path):
+    """4 sessions < 5 folds: the label metrics become leave-one-group-out (5-fold grouped CV would need 5);
+    --media in the other order pairs the same rows through the generic path: linear CKA is symmetric."""
+    out = tmp_path / "sessions"
+    assert compare_embeddings.main(["--h5_path", str(store), "--output_dir", str(out), "--label", "style",
+                                    "--group_column", "session", *FAST]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["labels"]["n_splits"] == 4 and m["labels"]["cv"].startswith("leave-one-group-out over 4 session groups")
+    assert "seeded 50/50 of whole session groups" in m["retrieval_split"]
+    swapped = tmp_path / "swapped"
+    assert compare_embeddings.main(["--h5_path", str(store), "--output_dir", str(swapped), "--standardize", "none",
+                                    "--media", f"{S},{A}", *FAST]) == 0
+    plain = json.loads((runs["plain"] / "metrics.json").read_text())
+    turned = json.loads((swapped / "metrics.json").read_text())
+    assert turned["inputs"]["media"] == [S, A] and turned["counts"]["paired"] == plain["counts"]["paired"]
+    assert (turned["inputs"]["audio_embedder"], turned["inputs"]["symbolic_embedder"]) == ("sym", "aud")
+    assert turned["spaces"]["metrics"]["linear_cka"]["value"] == pytest.approx(
+        plain["spaces"]["metrics"]["linear_cka"]["value"], abs=1e-9)
+    assert compare_embeddings.main(["--h5_path", str(store), "--output_dir", str(tmp_path / "x"),
+                                    "--media", A, *FAST]) == 2
 
 
 @pytest.mark.browser
