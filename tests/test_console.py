@@ -51,6 +51,16 @@ def test_terminal_gets_one_rewritten_line():
     assert text.count("\r\x1b[2K") == 4  # three updates and the final line, each over the last
 
 
+def test_survives_pickling_as_tune_does_with_callbacks():
+    import pickle
+
+    out, clock = io.StringIO(), Clock()
+    progress = Progress("trials", 4, stream=out, clock=clock)
+    progress.update(done=1)
+    copy = pickle.loads(pickle.dumps(progress))
+    assert copy.done == 1 and copy.total == 4 and copy.stream is not out
+
+
 def test_nothing_for_an_empty_total():
     out = io.StringIO()
     with Progress("nothing", 0, stream=out) as progress:

@@ -169,7 +169,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.dataset.limit:
         splits["train"] = splits["train"][: cfg.dataset.limit]
     special = tk.special_ids(tokenizer)
-    ensure_ray()
+    ensure_ray(dashboard=True)  # Ray Train's controller polls the state API the dashboard serves
     all_files = sorted({*splits["train"], *splits["validation"], *splits["test"], *map(str, viz_files)})
     if cfg.dataset.presaved:
         errors = build_token_cache(all_files, paths["tokenizer"], cfg.train.max_seq_len, paths["cache"])

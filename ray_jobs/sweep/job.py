@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus_per_trial", type=float, default=1.0, help="CPUs reserved per trial and per retraining")
     p.add_argument("--gpus_per_trial", type=_non_negative_float, default=0.0, help="GPUs per trial (fractions allowed)")
     p.add_argument("--num_cpus", type=_positive, default=None, help="CPUs of a local Ray instance (default: all)")
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="Tune's console output")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0,
+                   help="0: this job's lines only (default); 1: also Tune's status tables and Ray's own logs; 2: Tune's most")
     return p
 
 
@@ -197,7 +198,7 @@ def _run(args, h5_source: str | None, output_name: str) -> int:
     tracking = SweepTracking(settings.tracking_uri, settings.experiment_name, sweep_id(settings.output_dir))
     print(f"sweep of {len(tasks)} task(s) into {settings.output_dir}; MLflow experiment "
           f"'{settings.experiment_name}' (id {tracking.experiment_id}) at {settings.tracking_uri}")
-    ensure_ray(settings.num_cpus)
+    ensure_ray(settings.num_cpus, verbose=settings.verbose > 0)
     summary = run_sweep(settings, tasks, tracking)
     if summary.get("markdown"):
         print("\n" + summary["markdown"])

@@ -71,7 +71,7 @@ class Settings:
     gpus_per_trial: float = 0.0
     num_cpus: int | None = None
     seed: int = 0
-    verbose: int = 1
+    verbose: int = 0
     h5_source: str | None = None  # the URI a remote --h5_path came from (h5_path is then a local copy)
     # the ids valid in every swept (medium, embedder): every task uses these rows (plan_tasks fills it)
     row_ids: list[str] | None = None

@@ -31,6 +31,7 @@ from analysis.report.sweep_page import table_markdown
 from analysis.sweep_table import AUDIO, SYMBOLIC, build_table, key_metrics
 from embedders.store.atomic import atomic_write_bytes, write_json
 from embedders.store.parts import StoreError
+from ray_jobs.console import Progress
 from ray_jobs.sweep.plan import Settings, Task, read_json, task_dir, task_state, tune_dir
 from ray_jobs.sweep.results import record_from_seeds
 from ray_jobs.sweep.space import search_space, train_config_kwargs
@@ -93,8 +94,9 @@ def search_task(settings: Settings, task: Task, data: Any, tracking: SweepTracki
                                grace_period=min(settings.grace_period, settings.max_epochs),
                                reduction_factor=settings.reduction_factor)
                  if settings.scheduler == "asha" else FIFOScheduler())
+    progress = Progress(f"  {task.name} search", settings.num_samples, unit="trials")
     logger = TrialLogger(tracking, parent, task.key, space, settings.max_epochs,
-                         scheduler if isinstance(scheduler, RecordingASHA) else None)
+                         scheduler if isinstance(scheduler, RecordingASHA) else None, progress)
     # cross-validation: the search selects on fold 1's validation groups (not nested: the chosen
     # configuration is then retrained and tested on every fold)
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data.fold(0)),
@@ -118,7 +120,8 @@ def search_task(settings: Settings, task: Task, data: Any, tracking: SweepTracki
             failure_config=tune.FailureConfig(max_failures=0)),
     )
     start = time.perf_counter()
-    tuner.fit()
+    with progress:
+        tuner.fit()
     seconds = time.perf_counter() - start
     trials = trial_table(logger, list(space))
     finished = [t for t in trials if t["best_score"] is not None and math.isfinite(t["best_score"])]
