@@ -64,8 +64,8 @@ from bench.common import REPO, machine  # noqa: E402
 
 EMBEDDERS = ("openl3", "clap", "clamp", "midi_transformer", "musicnn", "basic_pitch")
 # (name, budget in seconds on a GPU machine); the budgets add up to more than the total, which caps them
-CHECKS = [("environment", 30), ("gpu_tests", 150)] + [(f"embedder:{e}", 60) for e in EMBEDDERS] + [
-    ("embedding_job", 150), ("pretrain", 240), ("pretrain_steps", 60), ("sweep", 120)]
+CHECKS = [("environment", 30), ("gpu_tests", 120)] + [(f"embedder:{e}", 50) for e in EMBEDDERS] + [
+    ("embedding_job", 120), ("pretrain", 270), ("pretrain_steps", 60), ("sweep", 100)]
 DEFAULT_OUT = REPO / "bench" / "results" / "gpu_check.json"
 FRONT_ENDS = ("speclayer", "logmel_extractor")  # openl3, clap: dB spectrogram modules inside the models
 
@@ -310,16 +310,19 @@ def _options(name: str, ctx: Context) -> dict[str, Any]:
     return {}  # musicnn, basic_pitch: the weights inside their wheels
 
 
-def _inputs(name: str, cls, ctx: Context, long: bool) -> list:
+def _inputs(name: str, cls, ctx: Context, size: str) -> list:
+    """One item: ``short`` (the CPU reference: 20 s, 1500 notes), ``medium`` (throughput: 60 s, 5000
+    notes) or ``long`` (peak memory: 10 minutes, 20,000 notes); tiny in a dry run."""
+    seed = {"short": 0, "medium": 1, "long": 2}[size]
     if cls.modality == "audio":
-        seconds = (600 if long else 30) if not ctx.dry else 2
-        return [_audio(seconds, cls.sample_rate, seed=1 if long else 0)]
+        seconds = 2 if ctx.dry else {"short": 20, "medium": 60, "long": 600}[size]
+        return [_audio(seconds, cls.sample_rate, seed=seed)]
     import numpy as np
 
     from bench.synthetic_midi import random_piece
 
-    notes = (20000 if long else 1500) if not ctx.dry else 300
-    return [random_piece(np.random.default_rng(2 if long else 0), notes)]
+    notes = 300 if ctx.dry else {"short": 1500, "medium": 5000, "long": 20000}[size]
+    return [random_piece(np.random.default_rng(seed), notes)]
 
 
 @contextlib.contextmanager
@@ -391,7 +394,7 @@ def check_embedder(ctx: Context, name: str) -> None:
     opts: dict[str, Any] = {}
     with rec.step("weights"):
         opts = _options(name, ctx)
-    short = _inputs(name, cls, ctx, long=False)
+    short = _inputs(name, cls, ctx, "short")
     if cls.modality == "audio":
         rec.set("input_seconds", round(len(short[0]) / cls.sample_rate, 1))
 
@@ -428,11 +431,13 @@ def check_embedder(ctx: Context, name: str) -> None:
         with rec.step(label):
             gpu = build("cuda", precision)
             with _front_end_probe(gpu) as (gpu_front, _):
-                timed = _timed_embed(gpu, short * 8)
-            figures: dict[str, Any] = {"windows_per_s": timed["windows_per_s"],
-                                       "cosine_vs_cpu_fp32": _cosines(timed["out"][:1], cpu_out)}
+                same = gpu.embed(short)  # the CPU reference's item: its windows come first in the probe
+            figures: dict[str, Any] = {"cosine_vs_cpu_fp32": _cosines(same, cpu_out)}
             if gpu_front and cpu_front:
                 figures["front_end_db"] = _db_difference(cpu_front, gpu_front, len(cpu_out[0]))
+            timed = _timed_embed(gpu, _inputs(name, cls, ctx, "medium") * 8)  # 8 items per call, as the job batches
+            figures["windows_per_s"] = timed["windows_per_s"]
+            figures["throughput_frames"] = timed["frames"]
             if cpu_out is not None and "windows_per_s" in rec.data["figures"].get("cpu_fp32", {}):
                 figures["speedup_vs_cpu"] = round(timed["windows_per_s"] / rec.data["figures"]["cpu_fp32"]["windows_per_s"], 1)
             rec.set(label, figures)
@@ -440,7 +445,7 @@ def check_embedder(ctx: Context, name: str) -> None:
             torch.cuda.empty_cache()
     with rec.step("long_item"):
         gpu = build("cuda", "auto" if "precision" in fields else None)
-        long = _inputs(name, cls, ctx, long=True)
+        long = _inputs(name, cls, ctx, "long")
         gpu.embed(short)  # model loaded and warm before the peak is measured
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -572,20 +577,24 @@ def check_pretrain(ctx: Context) -> None:
     rec = ctx.rec
     info_csv = ctx.work / "pretrain_data" / "info.csv"
     with rec.step("dataset"):
-        files, notes = (40, (100, 900)) if ctx.dry else (400, (300, 6000))
-        write_dataset(info_csv.parent, files, notes)
-        rec.set("dataset", {"files": files, "notes_per_file": notes})
+        # a GPU run: ~1M training tokens, few held-out files (validation and test run on the CPU in
+        # the first, CPU run); a dry run: 40 small files
+        files, notes, held_out = (40, (100, 900), None) if ctx.dry else (240, (300, 6000), 3)
+        write_dataset(info_csv.parent, files, notes, held_out=held_out)
+        rec.set("dataset", {"files": files, "notes_per_file": notes, "held_out_each": held_out})
     common = _pretrain_common(ctx, info_csv)
     gpu = ["ray.use_gpu=true"] if ctx.cuda else []
     if not ctx.cuda:
         rec.skip("ray.use_gpu=true runs (default resumed onto CUDA, large_model bf16 and fp32), MFU")
     peak = peak_tflops(torch.cuda.get_device_name(0)) if ctx.cuda else None
-    runs = [("default_cpu", [], ["train.model_name=default", "train.epochs=1", "ray.use_gpu=false"]),
-            ("default_resumed_on_gpu", [], ["train.model_name=default", "train.epochs=2", *gpu]),
+    # the CPU run trains one file (its checkpoint is what the GPU run resumes); large_model trains on
+    # 100 files in both precisions, so fp32 fits the budget
+    runs = [("default_cpu", [], ["train.model_name=default", "train.epochs=1", "dataset.limit=1", "ray.use_gpu=false"]),
+            ("default_resumed", [], ["train.model_name=default", "train.epochs=2", *gpu]),
             ("large_bf16", ["--config-name=large_model"], ["train.model_name=large_bf16", "train.epochs=2",
-                                                          "train.precision=auto", *gpu]),
+                                                          "dataset.limit=100", "train.precision=auto", *gpu]),
             ("large_fp32", ["--config-name=large_model"], ["train.model_name=large_fp32", "train.epochs=2",
-                                                          "train.precision=fp32", *gpu])]
+                                                          "dataset.limit=100", "train.precision=fp32", *gpu])]
     if ctx.dry:  # large_model differs from the default only in sizes; the CPU runs fp32 anyway
         runs = runs[:2]
         rec.skip("large_model runs (bf16 and fp32 on CUDA)")
@@ -618,7 +627,7 @@ def check_pretrain(ctx: Context) -> None:
             out.update(model={"embed_dim": d, "num_layers": layers, "max_seq_len": max_len, "vocab_size": vocab},
                        attention_length_per_real_token=round(attention, 1), model_flops_per_real_token=flops,
                        model_tflops_per_s=round(last["tokens_per_s"] * flops / 1e12, 3))
-            if ctx.cuda and peak and label != "default_cpu":
+            if ctx.cuda and peak and label != "default_cpu":  # the resumed and large runs train on the GPU
                 out["mfu_vs_dense_bf16_peak"] = round(last["tokens_per_s"] * flops / 1e12 / peak, 4)
                 out["peak_bf16_tflops"] = peak
             rec.set("runs", results)

@@ -6,8 +6,9 @@ Pieces are random walks of notes and chords (pitch, duration, velocity, tempo dr
 a seeded generator), so token counts vary ~10x across files, as in real collections; files long
 enough split into several chunks of ``max_seq_len`` tokens. ``info.csv`` has ``id``, an empty
 ``audio_filename`` (a MIDI-only row), ``midi_filename``, ``composer`` (four made-up groups) and
-``split`` (80/10/10). Nothing here is musical: it is a load for the pretraining path, with
-realistic lengths, that needs no download and no rendering.
+``split`` (80/10/10, or ``held_out`` files each for validation and test). Nothing here is
+musical: it is a load for the pretraining path, with realistic lengths, that needs no download
+and no rendering.
 """
 
 from __future__ import annotations
@@ -49,8 +50,12 @@ def random_piece(rng: np.random.Generator, n_notes: int, tpq: int = 480):
     return score
 
 
-def write_dataset(dest: str | Path, files: int = 120, notes: tuple[int, int] = (200, 3000), seed: int = 0) -> Path:
-    """Write ``files`` MIDI files and info.csv under ``dest``; returns ``dest``. Same seed, same files."""
+def write_dataset(dest: str | Path, files: int = 120, notes: tuple[int, int] = (200, 3000), seed: int = 0,
+                  held_out: int | None = None) -> Path:
+    """Write ``files`` MIDI files and info.csv under ``dest``; returns ``dest``. Same seed, same files.
+
+    Splits: every tenth file validation, the next test (80/10/10); with ``held_out``, the last
+    ``2 * held_out`` files are validation and test, the rest training."""
     dest = Path(dest)
     (dest / "midi").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -60,7 +65,10 @@ def write_dataset(dest: str | Path, files: int = 120, notes: tuple[int, int] = (
         n = int(np.exp(rng.uniform(np.log(notes[0]), np.log(notes[1]))))
         path = dest / "midi" / f"piece{k:04d}.mid"
         random_piece(rng, n).dump_midi(str(path))
-        split = "train" if k % 10 < 8 else ("validation" if k % 10 == 8 else "test")
+        if held_out is None:
+            split = "train" if k % 10 < 8 else ("validation" if k % 10 == 8 else "test")
+        else:
+            split = "train" if k < files - 2 * held_out else ("validation" if k < files - held_out else "test")
         rows.append({"id": f"piece{k:04d}", "audio_filename": "", "midi_filename": f"midi/{path.name}",
                      "composer": GROUPS[k % len(GROUPS)], "split": split, "notes": n})
     pd.DataFrame(rows).to_csv(dest / "info.csv", index=False)
