@@ -66,6 +66,8 @@ EMBEDDERS = ("openl3", "clap", "clamp", "midi_transformer", "musicnn", "basic_pi
 # (name, budget in seconds on a GPU machine); the budgets add up to more than the total, which caps them
 CHECKS = [("environment", 30), ("gpu_tests", 120)] + [(f"embedder:{e}", 50) for e in EMBEDDERS] + [
     ("embedding_job", 120), ("pretrain", 270), ("pretrain_steps", 60), ("sweep", 100)]
+# not run by default: a check that hangs with a child process, to test the kill path (--only _hang)
+SELF_TEST_CHECKS = [("_hang", 40)]
 DEFAULT_OUT = REPO / "bench" / "results" / "gpu_check.json"
 FRONT_ENDS = ("speclayer", "logmel_extractor")  # openl3, clap: dB spectrogram modules inside the models
 
@@ -696,12 +698,19 @@ def check_sweep(ctx: Context) -> None:
             raise RuntimeError(f"sweep exit {done['exit_code']}: {done['output_tail'][-5:]}")
 
 
+def check_hang(ctx: Context) -> None:
+    """Hang in a child process past any budget (the driver must kill both)."""
+    ctx.rec.set("started", True)
+    run_command([sys.executable, "-c", "import time; time.sleep(600)", str(ctx.work)], ctx.work / "hang.log", 600)
+
+
 def run_check(name: str, ctx: Context) -> None:
     if name.startswith("embedder:"):
         check_embedder(ctx, name.split(":", 1)[1])
     else:
         {"environment": check_environment, "gpu_tests": check_gpu_tests, "embedding_job": check_embedding_job,
-         "pretrain": check_pretrain, "pretrain_steps": check_pretrain_steps, "sweep": check_sweep}[name](ctx)
+         "pretrain": check_pretrain, "pretrain_steps": check_pretrain_steps, "sweep": check_sweep,
+         "_hang": check_hang}[name](ctx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -767,11 +776,12 @@ def drive(args) -> int:
     names = [n for n, _ in CHECKS]
     if args.only:
         wanted = args.only.split(",")
-        unknown = [w for w in wanted if w not in names]
+        known = names + [n for n, _ in SELF_TEST_CHECKS]
+        unknown = [w for w in wanted if w not in known]
         if unknown:
             print(f"error: --only: unknown check(s) {unknown}; checks: {', '.join(names)}", file=sys.stderr)
             return 2
-        names = [n for n in names if n in wanted]
+        names = [n for n in known if n in wanted]
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="avs-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     (work / "logs").mkdir(exist_ok=True)
@@ -784,7 +794,7 @@ def drive(args) -> int:
         result["warning"] = (f"no CUDA (torch {torch.__version__}, CUDA build {torch.version.cuda}): every CUDA part is "
                              "skipped; this is not a GPU measurement")
         print(f"warning: {result['warning']}", file=sys.stderr)
-    budgets = dict(CHECKS)
+    budgets = dict(CHECKS + SELF_TEST_CHECKS)
     try:
         for name in names:
             left = deadline - time.monotonic()
