@@ -826,7 +826,10 @@ def drive(args) -> int:
             result["total_seconds"] = round(time.monotonic() - start, 1)
             write_json(out, result)
     finally:
+        from bench.common import load_avg
+
         result["total_seconds"] = round(time.monotonic() - start, 1)
+        result["machine"]["load_avg_end"] = load_avg()
         write_json(out, result)
         if not args.keep_work and not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -127,7 +127,9 @@ def plan(cfg) -> Placement:
     shortfalls = []
     gpus, cpus = float(total.get("GPU", 0)), float(total.get("CPU", 0))
     if use_gpu and gpus < n:
-        fix = ("lower ray.num_workers" if gpus else "run it where a GPU is, or set "
+        fix = ("lower ray.num_workers" if gpus else
+               ("start the driver on a GPU node (ray job submit --entrypoint-resources, docs/cluster.md)" if pinned
+                else "run it where a GPU is") + ", or set "
                + ("ray.use_gpu=false" if cfg.ray.use_gpu else "device=auto or device=cpu"))
         shortfalls.append(f"{gpu_key(cfg)}: {where} has {gpus:g} GPU(s), and each of the ray.num_workers={n} "
                           f"worker(s) needs one; {fix}")
