@@ -15,7 +15,10 @@ PYTEST_ARGS ?=
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: demo test install clean-venv
+GPU_CHECK_OUT ?= bench/results/gpu_check.json
+GPU_CHECK_ARGS ?=
+
+.PHONY: demo test bench gpu-check install clean-venv
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +37,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# benchmark scripts end to end (the tests behind the `bench` marker, deselected elsewhere)
+bench: $(STAMP)
+	$(PY) -m pytest -m bench $(PYTEST_ARGS)
+
+# the prepared GPU check (<= 10 minutes on one GPU; JSON in $(GPU_CHECK_OUT)); GPU_CHECK_ARGS=--dry_run on a CPU
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
