@@ -11,7 +11,7 @@ from embedders.store.legacy import LegacyFormatError
 from embedders.store.parts import ShardWriter, StoreError, prepare_medium, read_errors, write_errors, write_metadata
 from embedders.store.reader import describe, list_embedders, load, load_pair
 
-A, S = "audio_embeddings", "symbolic_embeddings"
+A, S, T = "audio_embeddings", "symbolic_embeddings", "transcribed_embeddings"
 
 
 def info_frame(n=5):
@@ -93,7 +93,7 @@ def test_embedder_choice_errors(tmp_path):
         w.add("r0", np.ones((1, 2), np.float32))
         w.flush()
     consolidate(tmp_path, info, tmp_path / "e.h5", provenance={})
-    assert list_embedders(tmp_path / "e.h5") == {A: ["one", "two"], S: []}
+    assert list_embedders(tmp_path / "e.h5") == {A: ["one", "two"], S: [], T: []}
     with pytest.raises(StoreError, match="several .* choose one"):
         load(tmp_path / "e.h5", A)
     with pytest.raises(StoreError, match="no audio_embeddings embedder 'three'"):
@@ -207,7 +207,7 @@ def test_store_folder_reads_like_the_consolidated_file(tmp_path):
     assert list(load(tmp_path, A, label="style").labels) == ["jazz", "jazz", "rock"]
     pair_f, pair_h = load_pair(tmp_path, label="bpm"), load_pair(h5, label="bpm")
     assert list(pair_f.ids) == list(pair_h.ids) == ["r0", "r2", "r4"] and pair_f.counts == pair_h.counts
-    assert list_embedders(tmp_path) == list_embedders(h5) == {A: ["emb_aud"], S: ["emb_sym"]}
+    assert list_embedders(tmp_path) == list_embedders(h5) == {A: ["emb_aud"], S: ["emb_sym"], T: []}
     assert describe(tmp_path)["dataset"] == describe(h5)["dataset"] == "t"
     assert '"x": "1"' in describe(tmp_path)["versions"]
     # the legacy export is the same from either form

@@ -32,7 +32,10 @@ import pyarrow.parquet as pq
 
 from embedders.store import filesystem as fs
 
-MEDIA = ("audio_embeddings", "symbolic_embeddings")
+#: Every medium a store may hold: the seed's two, and a symbolic embedder on each audio's transcription.
+MEDIA = ("audio_embeddings", "symbolic_embeddings", "transcribed_embeddings")
+#: The seed's pair: what pairing jobs compare unless told otherwise.
+SEED_MEDIA = ("audio_embeddings", "symbolic_embeddings")
 ERROR_COLUMNS = ("id", "medium", "embedder", "stage", "error_type", "message")
 PART_GLOB = "part-*.parquet"
 ROW_GROUP_BYTES = 64 * 2**20    # readers stream a part row group by row group
