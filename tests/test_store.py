@@ -271,3 +271,37 @@ def test_a_failed_write_leaves_no_part(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         w.flush()
     assert not list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_load_pair_pairs_any_two_media_by_id(tmp_path):
+    info = info_frame()
+    write_store(tmp_path, info, {A: ["r0", "r1", "r2"], S: ["r4", "r0", "r2", "r3"], T: ["r3", "r2", "r0"]},
+                dims={A: 4, S: 3, T: 5})
+    for source in (tmp_path, tmp_path / "embeddings.h5"):
+        pair = load_pair(source, media=(T, S), embedding_type="sequence")
+        assert pair.media == (T, S) and pair.embedders == ("emb_tra", "emb_sym") and list(pair.ids) == ["r0", "r2", "r3"]
+        assert pair.counts == {"rows_in_file": 5, "valid_transcribed": 3, "valid_symbolic": 4, "missing_label": 0,
+                               "paired": 3, "dropped": 2}
+        for item_id, first, second in zip(pair.ids, pair.first, pair.second):
+            np.testing.assert_array_equal(first, seq_for(item_id, 5, T))
+            np.testing.assert_array_equal(second, seq_for(item_id, 3, S))
+        assert pair.get(S) is pair.second and pair.descriptions[0] == {"embedder": "emb_tra"}
+        with pytest.raises(AttributeError, match=r"this pair holds \('transcribed_embeddings', 'symbolic_embeddings'\)"):
+            _ = pair.symbolic
+        with pytest.raises(KeyError):
+            pair.get(A)
+        # the seed's call and names are unchanged
+        seed = load_pair(source, "emb_aud", "emb_sym")
+        assert seed.media == (A, S) and list(seed.ids) == ["r0", "r2"] and seed.audio_embedder == "emb_aud"
+        assert seed.audio is seed.first and seed.symbolic_embedder == "emb_sym"
+        assert list(load_pair(source, symbolic_embedder="emb_sym", media=(S, T)).ids) == ["r0", "r2", "r3"]
+    with pytest.raises(ValueError, match="two different media"):
+        load_pair(tmp_path, media=(S, S))
+    with pytest.raises(ValueError, match="audio_embedder='emb_aud' given, but media are"):
+        load_pair(tmp_path, "emb_aud", media=(S, T))
+    with pytest.raises(ValueError, match="given twice"):
+        load_pair(tmp_path, symbolic_embedder="emb_sym", media=(S, T), embedders=("emb_sym", None))
+    with pytest.raises(StoreError, match="no transcribed_embeddings embedder 'nope'"):
+        load_pair(tmp_path, media=(S, T), embedders=(None, "nope"))
+    with pytest.raises(ValueError, match="medium must be one of"):
+        load_pair(tmp_path, media=(S, "midi"))

@@ -8,6 +8,8 @@
 - ``metadata.parquet``: the info.csv rows (every column, types kept) and the job's provenance, so
   the folder describes itself and downstream jobs can read it without embeddings.h5.
 - ``errors.parquet``: one row per (id, medium, embedder) not embedded: stage, error type, reason.
+- ``parquet/transcriptions/<transcriber>/``: the transcribed medium's index of its MIDI files
+  (``embedders.store.transcriptions``; not a medium).
 
 ``prepare_medium`` is the one call before writing a medium: it applies ``--overwrite``, removes a
 killed run's temporary files, checks the stored config hash and returns the ids already done,
