@@ -20,8 +20,12 @@ from embedders.store.parts import part_files
 from embedders.store.reader import list_embedders, load, load_pair
 from ray_jobs.generate_embeddings import job as generate_embeddings
 from ray_jobs.generate_embeddings import transcription
+from tests import test_storage
 from tests.factory import write_wav
 from tests.pretrained_factories.basic_pitch import notes_midi, phrase_notes, render, require_basic_pitch
+from tests.test_storage import BUCKET, REPO, upload_tree
+
+s3 = test_storage.s3  # the local moto S3 server fixture
 
 A, S, T = "audio_embeddings", "symbolic_embeddings", "transcribed_embeddings"
 
@@ -67,6 +71,37 @@ def test_a_killed_writers_temporaries_are_removed_at_any_depth(tmp_path):
     (tmp_path / "parquet" / "transcriptions" / "bp" / ".part-x.parquet.abc.tmp").write_bytes(b"half")
     assert tx.remove_temporary_files(tmp_path, "bp") == 2
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["1.mid"]
+
+
+@pytest.fixture(params=["local", "file", "memory", "s3"])
+def store_root(request, tmp_path):
+    """A fresh store location of each kind (as tests/test_storage.py's ``root``)."""
+    import uuid
+
+    if request.param in ("local", "file"):
+        return tmp_path / "store" if request.param == "local" else (tmp_path / "store").as_uri()
+    if request.param == "memory":
+        return f"memory://avs-{uuid.uuid4().hex}/store"
+    request.getfixturevalue("s3")
+    return f"s3://{BUCKET}/{uuid.uuid4().hex}/store"
+
+
+def test_transcriptions_on_every_kind_of_store(store_root):
+    from embedders.store import filesystem as fs
+
+    root = store_root
+
+    relative = tx.write_midi(root, "bp", "drummer1/session1/1", b"MThd-1")
+    assert relative == "transcriptions/bp/drummer1/session1/1.mid"
+    assert fs.read_bytes(fs.join(root, relative)) == b"MThd-1"
+    assert tx.existing_files(root, [relative, "transcriptions/bp/nope.mid"]) == {relative}
+    tx.commit_index(root, "bp", [{"id": "drummer1/session1/1", "midi_file": relative, "config_hash": "h", "bpm": 90.0}])
+    assert tx.read_index(root, "bp", "h")["midi_file"].tolist() == [relative]
+    assert tx.remove_temporary_files(root, "bp") == 0 and fs.is_file(fs.join(root, relative))
+    tx.write_quality_table(root, [{"id": "drummer1/session1/1", "status": "transcribed", "f1": 0.5, "n_notes": 3,
+                                   "has_reference": True, "scored": True}])
+    got = tx.read_quality_table(root)
+    assert got["f1"].tolist() == [0.5] and list(got.columns) == list(tx.QUALITY_COLUMNS)
 
 
 def test_bpm_from_info_csv():
@@ -277,8 +312,11 @@ def test_a_rerun_reuses_the_transcriptions_and_a_new_transcriber_config_is_refus
     assert list(after.ids) == list(before.ids)
     k = list(after.ids).index("piano/p1")
     np.testing.assert_array_equal(np.delete(after.embeddings, k, 0), np.delete(before.embeddings, k, 0))
+    assert run_job(data) == 0  # nothing changed: the medium's rows are all kept (same joined config hash)
+    again = json.loads((store / "summary.json").read_text())["media"][T]
+    assert (again["skipped"], again["done"]) == (len(after.ids), 0)
     capsys.readouterr()
-    assert run_job(data, "--transcriber_option", "onset_threshold=0.6") == 2
+    assert run_job(data, "--transcriber_option", "onset_threshold=0.6") == 2  # another transcriber config
     assert "--overwrite" in capsys.readouterr().err
 
 
@@ -311,3 +349,38 @@ def test_a_killed_stage_keeps_what_it_committed_and_the_rerun_does_the_rest(ray_
     assert sorted(ids) == [f"piano/p{k}" for k in range(4)]
     assert sorted(p.name for p in (store / "transcriptions/basic_pitch/piano").iterdir()) == [f"p{k}.mid" for k in range(4)]
     assert not list(store.rglob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_the_medium_on_an_s3_store(s3, tmp_path):
+    """Workers read the audio from S3 and write the transcriptions, the index and the parts there; a rerun reuses them."""
+    import subprocess
+    import sys
+    import uuid
+
+    from embedders.store import filesystem as fs
+
+    require_basic_pitch()
+    local = tmp_path / "toy"
+    rows = add_piano_rows(local, bpms=(170,))
+    rows[0]["id"] = "session1/p0"
+    pd.DataFrame(rows[:2]).to_csv(local / "info.csv", index=False)  # one piano row, one corrupt audio
+    data_root = f"s3://{BUCKET}/{uuid.uuid4().hex}/data"
+    upload_tree(local, fs.join(data_root, "raw", "toy"))
+    env = {**os.environ, **s3, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local"}
+    command = [sys.executable, "-m", "ray_jobs.generate_embeddings", "--dataset", "toy", "--data_root", data_root,
+               "--num_cpus", "2", "--media", T, "--h5", "none"]
+    for attempt in (1, 2):
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        store = fs.join(data_root, "embeddings", "toy")
+        section = json.loads(fs.read_bytes(fs.join(store, "summary.json")))["transcription"]
+        assert (section["transcribed"], section["reused"], section["failed"]) == ((1, 0, 1) if attempt == 1 else (0, 1, 1))
+        for part in part_files(store, T, "pianoroll"):  # the embeddings go, the transcriptions stay
+            fs.remove(part)
+    midi = fs.read_bytes(fs.join(store, "transcriptions/basic_pitch/session1/p0.mid"))
+    quality = tx.read_quality_table(store).set_index("id")
+    from embedders.transcribe import note_onset_scores
+
+    assert quality.at["session1/p0", "f1"] == note_onset_scores((local / "piano/p0.mid").read_bytes(), midi)["f1"] > 0.5
+    assert tx.read_index(store, "basic_pitch")["id"].tolist() == ["session1/p0"]  # written once

@@ -178,15 +178,15 @@ def start_medium(spec: MediumSpec, info: pd.DataFrame, store, args) -> MediumRun
     cls = get_embedder_class(spec.embedder)
     config = cls.make_config(**local_options(spec.options))
     config_hash = cls.hash_config(config)
+    description = {**cls.describe_config(config), "config_hash": config_hash}
+    if spec.transcriber is not None:  # same embedder, on transcriptions: the transcriber is part of the identity
+        config_hash, description = transcription.medium_identity(spec, config_hash, description)
     state = prepare_medium(store, spec.medium, spec.embedder, config_hash, overwrite=args.overwrite)
     tag = f"[{spec.medium}/{spec.embedder}]"
     if state.removed_parts:
         print(f"{tag} --overwrite: removed {state.removed_parts} part file(s)")
     if state.removed_temporary:
         print(f"{tag} removed {state.removed_temporary} uncommitted part file(s) left by a killed run")
-    description = {**cls.describe_config(config), "config_hash": config_hash}
-    if spec.transcriber is not None:  # same embedder, on transcriptions: the transcriber is part of the identity
-        config_hash, description = transcription.medium_identity(spec, config_hash, description)
     if spec.options.get("checkpoint") != getattr(config, "checkpoint", None):  # a URI: say where it came from
         description["checkpoint_source"] = spec.options["checkpoint"]
     target = PartTarget(str(store), config_hash, description, args.rows_per_part,
