@@ -384,3 +384,25 @@ def test_the_medium_on_an_s3_store(s3, tmp_path):
 
     assert quality.at["session1/p0", "f1"] == note_onset_scores((local / "piano/p0.mid").read_bytes(), midi)["f1"] > 0.5
     assert tx.read_index(store, "basic_pitch")["id"].tolist() == ["session1/p0"]  # written once
+
+
+@pytest.mark.slow
+def test_gpu_layout_reads_the_transcriptions_from_the_store(ray_session, tmp_path):
+    """The --num_gpus layout (decode tasks, then PartsActor) takes the medium's files from ``files_root``."""
+    from embedders.io import decode_midi
+    from embedders.registry import get_embedder
+    from ray_jobs.generate_embeddings.pipeline import MediumSpec, PartTarget, build_dataset
+    from tests.factory import scale_notes, write_midi
+
+    store = tmp_path / "store"
+    for k in range(2):
+        write_midi(store / tx.midi_relpath("bp", f"s/{k}"), scale_notes(60 + k), bpm=100)
+    spec = MediumSpec(T, "audio_filename", "pianoroll", {}, None, files_root=str(store), transcriber=("bp", {}))
+    rows = [{"id": f"s/{k}", "path": tx.midi_relpath("bp", f"s/{k}")} for k in range(2)]
+    ds = build_dataset(rows, spec, PartTarget(str(store), "h", {}, 256, 2), str(tmp_path / "dataset"), max_actors=1,
+                       num_gpus=0)
+    out = pd.concat([pd.DataFrame(b) for b in ds.iter_batches(batch_size=None, batch_format="numpy")])
+    assert sorted(zip(out["id"], out["status"])) == [("s/0", "done"), ("s/1", "done")]
+    table = pq.read_table(part_files(store, T, "pianoroll")[0]).to_pandas().set_index("id")
+    (expected,) = get_embedder("pianoroll").embed([decode_midi(store / rows[1]["path"])])
+    np.testing.assert_array_equal(np.asarray(table.at["s/1", "sequence"], np.float32), expected.reshape(-1))
