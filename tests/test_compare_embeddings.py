@@ -282,6 +282,33 @@ def test_few_groups_use_leave_one_group_out_and_other_media_pairs(store, runs, t
                                     "--media", A, *FAST]) == 2
 
 
+def test_symbolic_against_transcribed_same_embedder(tmp_path):
+    """The transcribed medium beside the symbolic one, one embedder: only the medium differs."""
+    rng = np.random.default_rng(3)
+    n = 40
+    info = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "audio_filename": [f"a/{i}.wav" for i in range(n)],
+                         "midi_filename": [f"m/{i}.mid" for i in range(n)]})
+    ws = ShardWriter(tmp_path, S, "roll", "h", {"embedder": "roll"}, 16)
+    wt = ShardWriter(tmp_path, "transcribed_embeddings", "roll", "h", {"embedder": "roll"}, 16)
+    for i, item_id in enumerate(info["id"]):
+        frames = rng.standard_normal((2, DIM)).astype(np.float32)
+        ws.add(item_id, frames)
+        if i % 10:  # every tenth transcription failed
+            wt.add(item_id, frames + 0.1 * rng.standard_normal((2, DIM)).astype(np.float32))
+    ws.flush()
+    wt.flush()
+    consolidate(tmp_path, info, tmp_path / "embeddings.h5", provenance={"dataset": "synthetic"})
+    out = tmp_path / "out"
+    assert compare_embeddings.main(["--h5_path", str(tmp_path / "embeddings.h5"), "--output_dir", str(out),
+                                    "--media", f"{S}:roll,transcribed_embeddings:roll", *FAST]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["inputs"]["media"] == [S, "transcribed_embeddings"] and m["inputs"]["embedders"] == ["roll", "roll"]
+    assert m["counts"]["paired"] == 36 and m["counts"]["valid_transcribed"] == 36
+    assert m["spaces"]["metrics"]["linear_cka"]["value"] > 0.9  # a noisy copy
+    page = (out / "report.html").read_text()
+    assert "Symbolic vs transcribed: roll vs roll" in page and "valid transcribed 36" in page
+
+
 @pytest.mark.browser
 def test_report_renders_in_a_browser(runs):
     from tests.browser import load_page

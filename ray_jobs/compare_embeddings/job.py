@@ -118,9 +118,9 @@ def _run(args, h5_local, out_dir: Path) -> int:
         return _fail(f"no group column '{args.group_column}'; the metadata columns are {sorted(pair.metadata.columns)}")
     groups = pair.metadata[args.group_column].astype(str).to_numpy() if args.group_column else None
     if args.embedding_type == "sequence":
-        Xa, Xs = mean_std_pool(pair.audio), mean_std_pool(pair.symbolic)
+        Xa, Xs = mean_std_pool(pair.first), mean_std_pool(pair.second)
     else:
-        Xa, Xs = np.asarray(pair.audio), np.asarray(pair.symbolic)
+        Xa, Xs = np.asarray(pair.first), np.asarray(pair.second)
     if args.standardize == "zscore":
         Xa, Xs = zscore_features(Xa), zscore_features(Xs)
     task = None
@@ -146,8 +146,9 @@ def _run(args, h5_local, out_dir: Path) -> int:
     except ValueError as exc:
         return _fail(f"{exc} ({pair.counts['paired']} paired rows)")
     payload = {"inputs": {"h5_path": fs.display(args.h5_path), "dataset": attrs.get("dataset"),
-                          "media": [m for m, _ in media], "label_cv": cv_desc,
-                          "audio_embedder": pair.audio_embedder, "symbolic_embedder": pair.symbolic_embedder,
+                          "media": list(pair.media), "embedders": list(pair.embedders), "label_cv": cv_desc,
+                          # x = media[0], y = media[1]; named audio/symbolic after the seed's pair
+                          "audio_embedder": pair.embedders[0], "symbolic_embedder": pair.embedders[1],
                           "embedding_type": args.embedding_type,
                           "pooling": "mean" if args.embedding_type == "average" else "concat(mean, std) over frames",
                           "standardize": args.standardize,

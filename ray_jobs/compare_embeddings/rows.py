@@ -21,7 +21,6 @@ import pandas as pd
 
 MIN_SPLIT_ROWS = 10
 LABEL_FOLDS = 5
-DEFAULT_MEDIA = ("audio_embeddings", "symbolic_embeddings")
 
 
 class RowsError(ValueError):
@@ -45,28 +44,10 @@ def parse_media(text: str, audio_embedder: str | None, symbolic_embedder: str | 
 
 def load_media_pair(h5_path, media: list[tuple[str, str | None]], embedding_type: str, label: str | None):
     """The rows valid in both media, aligned by id (``embedders.store.reader.PairedEmbeddings``)."""
-    from embedders.store.reader import PairedEmbeddings, load, load_pair
+    from embedders.store.reader import load_pair
 
-    if tuple(m for m, _ in media) == DEFAULT_MEDIA:
-        return load_pair(h5_path, media[0][1], media[1][1], embedding_type, label)
-    x = load(h5_path, media[0][0], media[0][1], embedding_type, label)
-    y = load(h5_path, media[1][0], media[1][1], embedding_type, label)
-    y_row = {item_id: j for j, item_id in enumerate(y.ids)}
-    xi = np.array([i for i, item_id in enumerate(x.ids) if item_id in y_row], dtype=np.int64)
-    yi = np.array([y_row[x.ids[i]] for i in xi], dtype=np.int64)
-
-    def take(emb, index):
-        return emb[index] if isinstance(emb, np.ndarray) else [emb[k] for k in index]
-
-    counts = {"rows_in_file": x.n_total, "valid_audio": len(x.ids) + x.n_missing_label,
-              "valid_symbolic": len(y.ids) + y.n_missing_label,
-              "missing_label": max(x.n_missing_label, y.n_missing_label), "paired": int(xi.size),
-              "media": [m for m, _ in media]}
-    counts["dropped"] = counts["rows_in_file"] - counts["paired"]
-    return PairedEmbeddings(
-        ids=x.ids[xi], audio=take(x.embeddings, xi), symbolic=take(y.embeddings, yi),
-        metadata=x.metadata.iloc[xi].reset_index(drop=True), audio_embedder=x.embedder, symbolic_embedder=y.embedder,
-        labels=None if x.labels is None else x.labels[xi], counts=counts)
+    return load_pair(h5_path, embedding_type=embedding_type, label=label, media=tuple(m for m, _ in media),
+                     embedders=tuple(e for _, e in media))
 
 
 def _grouped_half(groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

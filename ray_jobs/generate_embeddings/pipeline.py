@@ -30,11 +30,14 @@ RESULT_COLUMNS = ("id", "medium", "status", "error_type", "error_message", "stag
 class MediumSpec:
     """What one pipeline embeds: which column of info.csv, with which embedder and config."""
 
-    medium: str                 # audio_embeddings | symbolic_embeddings
-    path_column: str            # audio_filename | midi_filename
+    medium: str                 # audio_embeddings | symbolic_embeddings | transcribed_embeddings
+    path_column: str            # audio_filename | midi_filename (the transcribed medium: audio_filename)
     embedder: str
     options: dict[str, Any]
     sample_rate: int | None     # audio embedders' input rate; None for symbolic
+    files_root: str | None = None     # folder the rows' paths are relative to when not the dataset's
+    #                                   (the transcribed medium: the store, which holds the transcriptions)
+    transcriber: tuple[str, dict[str, Any]] | None = None  # the transcribed medium's (transcriber, options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +83,7 @@ def decode_batch(batch: dict[str, np.ndarray], *, spec: MediumSpec, root: str,
     fields = _error_fields(len(ids))
     payloads: list[Any] = []
     for k, (item_id, rel) in enumerate(zip(ids, batch["path"])):
-        path = fs.join(root, str(rel))  # root may be a URI: the file is read on this task's node
+        path = fs.join(spec.files_root or root, str(rel))  # a URI is read on this task's node
         try:
             if spec.sample_rate is not None:
                 payloads.append(decode_audio(path, spec.sample_rate, item_id))

@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from embedders.store.parts import MEDIA
+from embedders.store.parts import SEED_MEDIA
 
 
 def _positive(text: str) -> int:
@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True,
                    help="comma-separated metadata columns; force a task with label:regression or label:classification "
                         "(auto: a numeric column with at least 20 distinct values is a regression)")
-    p.add_argument("--media", type=_csv, default=list(MEDIA),
-                   help=f"one medium, or two set side by side on the same rows and split (default: {','.join(MEDIA)})")
+    p.add_argument("--media", type=_csv, default=list(SEED_MEDIA),
+                   help="one medium, or two set side by side on the same rows and split, e.g. "
+                        f"symbolic_embeddings,transcribed_embeddings (default: {','.join(SEED_MEDIA)})")
     p.add_argument("--embedders", type=_csv, default=None,
                    help="comma-separated embedder names (default: every embedder stored for each medium)")
     p.add_argument("--embedding_type", choices=("average", "sequence"), default="average",
