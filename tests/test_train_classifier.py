@@ -43,7 +43,8 @@ def test_defaults_match_the_seed():
         (32, 0.001, 50, None, "average")
     parser = train_classifier.build_parser()
     medium = next(a for a in parser._actions if a.dest == "medium")
-    assert medium.required and tuple(medium.choices) == ("audio_embeddings", "symbolic_embeddings")
+    # the seed's two media, and the transcribed medium this project adds (a symbolic embedder on the audio's transcription)
+    assert medium.required and tuple(medium.choices) == ("audio_embeddings", "symbolic_embeddings", "transcribed_embeddings")
     assert all(next(a for a in parser._actions if a.dest == d).required for d in ("h5_path", "label"))
 
 
