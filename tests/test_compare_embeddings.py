@@ -321,6 +321,19 @@ def test_report_renders_in_a_browser(runs):
 
 
 # --------------------------------------------------------------------------------------------- end to end
+def _hand_linear_cka(h5_path) -> float:
+    """Linear CKA of the z-scored averages of the rows valid in both media (the job's defaults)."""
+    import h5py
+
+    from tests import references
+
+    with h5py.File(h5_path, "r") as f:
+        audio, symbolic = f[f"{A}/melstats"], f[f"{S}/pianoroll"]
+        both = audio["valid"][...] & symbolic["valid"][...]
+        return references.linear_cka(references.zscore(audio["average"][...][both]),
+                                     references.zscore(symbolic["average"][...][both]))
+
+
 @pytest.mark.slow
 def test_on_a_store_written_by_generate_embeddings(ray_session, tmp_path, capsys):
     from ray_jobs.generate_embeddings import job as generate_embeddings
@@ -338,7 +351,8 @@ def test_on_a_store_written_by_generate_embeddings(ray_session, tmp_path, capsys
         assert m["counts"]["paired"] == 24 and m["counts"]["dropped"] == 0
         assert (m["inputs"]["audio_embedder"], m["inputs"]["symbolic_embedder"]) == ("melstats", "pianoroll")
         assert m["spaces"]["settings"]["n_test"] == 12  # make_dataset alternates train/test
-        assert 0.0 <= m["spaces"]["metrics"]["linear_cka"]["value"] <= 1.0
+        # the value itself, from the file read with h5py and Kornblith's formula by hand (tests/references.py)
+        assert m["spaces"]["metrics"]["linear_cka"]["value"] == pytest.approx(_hand_linear_cka(h5), rel=1e-4)
         assert {"metrics.csv", "null_distributions.npz", "report.html"} <= {p.name for p in out.iterdir()}
     lab = m["labels"]
     assert lab["task"] == "classification" and 0.0 <= lab["audio"]["knn"]["value"] <= 1.0
