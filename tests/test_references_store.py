@@ -148,8 +148,6 @@ def test_load_pair_pairs_by_id_not_by_rec_number(original, embedding_type):
     assert pair.labels.dtype.kind == "f"
 
 
-@pytest.mark.xfail(strict=True, reason="a legacy file has no info.csv: rows_in_file is taken from the first medium "
-                   "(39) though the file holds 40 recordings, so 'dropped' says 1 where 2 are unpaired")
 def test_counts_of_a_legacy_file_see_every_recording(original):
     path, _, _ = original
     counts = load_pair(path).counts

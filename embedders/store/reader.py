@@ -218,8 +218,11 @@ def load_pair(location, audio_embedder: str | None = None, symbolic_embedder: st
     def take(emb, index):
         return emb[index] if isinstance(emb, np.ndarray) else [emb[k] for k in index]
 
+    in_file = one.n_total
+    if one.attrs.get("layout") == "legacy" and two.attrs.get("layout") == "legacy":
+        in_file = len(set(one.attrs["medium_ids"]) | set(two.attrs["medium_ids"]))
     counts = {
-        "rows_in_file": one.n_total,
+        "rows_in_file": in_file,
         f"valid_{short_name(media[0])}": len(one.ids) + one.n_missing_label,
         f"valid_{short_name(media[1])}": len(two.ids) + two.n_missing_label,
         "missing_label": max(one.n_missing_label, two.n_missing_label),
