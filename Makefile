@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,openl3,clap,clamp,musicnn,basic_pitch,hear
+EXTRAS ?= dev,openl3,clap,clamp,musicnn,basic-pitch,hear
 # Installed --no-deps: their metadata pins old numpy or pulls TensorFlow; what their code really
 # imports is listed in the extra of the same name (pyproject.toml).
 LAION_CLAP ?= laion-clap==1.1.7
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
 	case ",$(EXTRAS)," in *,clap,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(LAION_CLAP);; esac
 	case ",$(EXTRAS)," in *,musicnn,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(MUSICNN);; esac
-	case ",$(EXTRAS)," in *,basic_pitch,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(BASIC_PITCH);; esac
+	case ",$(EXTRAS)," in *,basic-pitch,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(BASIC_PITCH);; esac
 	case ",$(EXTRAS)," in *,hear,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(HEAR_PKGS);; esac
 	touch $(STAMP)
 
