@@ -19,6 +19,7 @@ from scipy.special import digamma
 from analysis._checks import SeedLike, as_generator, as_index, as_matrix, check_choice, check_int, check_paired, check_real
 from analysis.linear_maps import DEFAULT_ALPHAS, DEFAULT_CCA_REGS, CcaMap, LinearMap, fit_cca_map, fit_ridge_map
 from analysis.neighbors import chunk_rows, normalize_rows
+from analysis.pooling import zscore_fitted
 
 __all__ = ["CcaMap", "LinearMap", "fit_cca_map", "fit_ridge_map", "retrieval_metrics", "cross_modal_retrieval",
            "metrics_from_counts", "rank_counts", "project_for_retrieval", "random_split", "harmonic"]
@@ -87,14 +88,18 @@ def retrieval_metrics(Q: np.ndarray, G: np.ndarray, ks: Sequence[int] = DEFAULT_
 def project_for_retrieval(X_audio: np.ndarray, Y_midi: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
                           method: str = "ridge", alpha: float | Sequence[float] = DEFAULT_ALPHAS,
                           n_components: int | None = None, reg: float | Sequence[float] = DEFAULT_CCA_REGS,
-                          seed: SeedLike = 0) -> dict:
+                          seed: SeedLike = 0, standardize: bool = False) -> dict:
     """Fit on train rows; return (queries, gallery) per direction on test rows, centred for cosine.
 
     ridge: audio->MIDI queries are X_test mapped into MIDI space, the gallery is Y_test (both
     minus the training MIDI mean); a separate ridge map serves MIDI->audio. cca: both spaces are
     projected once into the shared canonical space, used in both directions.
+    ``standardize=True`` z-scores each feature with the training rows' mean and std first
+    (``analysis.pooling.zscore_fitted``), so no test row informs the scaling.
     """
     check_choice("method", method, ("ridge", "cca"))
+    if standardize:
+        X_audio, Y_midi = zscore_fitted(X_audio, train_idx), zscore_fitted(Y_midi, train_idx)
     Xtr, Ytr, Xte, Yte = X_audio[train_idx], Y_midi[train_idx], X_audio[test_idx], Y_midi[test_idx]
     if method == "ridge":
         a2m, m2a = fit_ridge_map(Xtr, Ytr, alpha), fit_ridge_map(Ytr, Xtr, alpha)
@@ -121,14 +126,15 @@ def cross_modal_retrieval(X_audio: np.ndarray, Y_midi: np.ndarray, train_idx: np
                           test_idx: np.ndarray | None = None, method: str = "ridge", seed: SeedLike = 0, *,
                           alpha: float | Sequence[float] = DEFAULT_ALPHAS, n_components: int | None = None,
                           reg: float | Sequence[float] = DEFAULT_CCA_REGS, ks: Sequence[int] = DEFAULT_KS,
-                          test_fraction: float = 0.5) -> dict:
+                          test_fraction: float = 0.5, standardize: bool = False) -> dict:
     """Audio->MIDI and MIDI->audio retrieval on held-out recordings after a linear map.
 
     Give ``train_idx``/``test_idx`` (disjoint; e.g. split by piece/composer so that no piece is
     on both sides) or neither, in which case a uniform random split with ``test_fraction`` is
     drawn from ``seed``; ``seed`` also sets the folds that choose the CCA penalty. ``alpha``
     (ridge) and ``reg`` (CCA) are relative penalties; grids are searched on training rows only
-    (``analysis.linear_maps``). Returns both directions' metrics.
+    (``analysis.linear_maps``). ``standardize``: z-score features with training-row statistics
+    (see ``project_for_retrieval``). Returns both directions' metrics.
     """
     X = as_matrix("X_audio", X_audio)
     Y = as_matrix("Y_midi", Y_midi)
@@ -142,7 +148,7 @@ def cross_modal_retrieval(X_audio: np.ndarray, Y_midi: np.ndarray, train_idx: np
     if np.intersect1d(train_idx, test_idx).size:
         shared = np.intersect1d(train_idx, test_idx).size
         raise ValueError(f"train_idx, test_idx: expected disjoint sets, got {shared} shared rows")
-    proj = project_for_retrieval(X, Y, train_idx, test_idx, method, alpha, n_components, reg, seed)
+    proj = project_for_retrieval(X, Y, train_idx, test_idx, method, alpha, n_components, reg, seed, standardize)
     out = {"method": method, "n_train": int(train_idx.size), "n_test": int(test_idx.size), "fit": proj["fit"]}
     for direction in ("audio_to_symbolic", "symbolic_to_audio"):
         out[direction] = retrieval_metrics(*proj[direction], ks=ks)

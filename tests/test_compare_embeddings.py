@@ -100,7 +100,10 @@ def test_csv_npz_and_page(runs):
     assert list(rows.columns) == ["name", "value", "ci_lo", "ci_hi", "null_mean", "null_lo", "null_hi", "p_value",
                                   "n_used", "subsampled", "chance"]
     cka = rows.set_index("name").loc["linear_cka"]
-    assert cka["value"] > 0.999 and cka["ci_lo"] <= cka["value"] + 1e-9 and cka["n_used"] == N - 1
+    # plain CKA is biased: no interval on its value (issue 16); the debiased one carries the interval
+    assert cka["value"] > 0.999 and np.isnan(cka["ci_lo"]) and cka["n_used"] == N - 1
+    debiased = rows.set_index("name").loc["linear_cka_debiased"]
+    assert debiased["ci_lo"] <= debiased["value"] + 1e-9 <= debiased["ci_hi"] + 2e-9
     nulls = np.load(runs["plain"] / "null_distributions.npz")
     assert nulls["linear_cka"].shape == (19,) and "label_audio_label_rdm" not in nulls
     page = (runs["plain"] / "report.html").read_text()
