@@ -123,11 +123,8 @@ def _compare_labels(X_audio, X_symbolic, y, *, numeric, groups, seed, k, n_split
     timings: dict = {}
     media: dict = {}
     n = Xa.shape[0]
-    if groups is None:
-        g = jk.n_blocks_for(n)
-        blocks = jk.block_ids(n, g, _stream(seed, "labels.knn.jackknife"))
-    else:  # recordings of one group are not independent: a replicate removes whole groups
-        blocks, g = jk.block_ids_by_group(groups, jk.n_blocks_for(n), _stream(seed, "labels.knn.jackknife"))
+    # recordings of one group are not independent: with groups a replicate removes whole groups
+    blocks, g = jk.blocks_for(n, groups, _stream(seed, "labels.knn.jackknife"))
     bounds = (-np.inf, 1.0) if numeric else (0.0, 1.0)
     for medium, X in (("audio", Xa), ("symbolic", Xs)):
         t0 = time.perf_counter()

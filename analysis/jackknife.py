@@ -63,6 +63,14 @@ def block_ids_by_group(groups: np.ndarray, n_blocks: int, seed: SeedLike) -> tup
     return of_group[codes.ravel()], g
 
 
+def blocks_for(n: int, groups: np.ndarray | None, seed: SeedLike) -> tuple[np.ndarray, int]:
+    """(block of each row, G): by rows (``block_ids``), or by whole groups when ``groups`` is given."""
+    g = n_blocks_for(n)
+    if groups is None:
+        return block_ids(n, g, seed), g
+    return block_ids_by_group(groups, g, seed)
+
+
 def leave_out_weights(blocks: np.ndarray, n_blocks: int) -> np.ndarray:
     """(n, G) 0/1 weights: column g keeps every row outside group g (for weighted-sum statistics)."""
     return (blocks[:, None] != np.arange(n_blocks)[None, :]).astype(np.float64)

@@ -173,5 +173,31 @@ def test_blocks_by_group_keep_groups_together():
     blocks, g = jk.block_ids_by_group(groups, 10, seed=0)
     assert g == 10 and all(np.unique(blocks[groups == j]).size == 1 for j in range(25))
     assert jk.block_ids_by_group(np.repeat([0, 1, 2], 5), 10, seed=0)[1] == 3
+    by_group, g2 = jk.blocks_for(100, groups, seed=0)
+    assert g2 == 10 and all(np.unique(by_group[groups == j]).size == 1 for j in range(25))
+    by_row, g3 = jk.blocks_for(100, None, seed=0)
+    assert g3 == 10 and any(np.unique(by_row[groups == j]).size > 1 for j in range(25))
     with pytest.raises(ValueError, match="at least 2 distinct groups"):
         jk.block_ids_by_group(np.zeros(10), 10, seed=0)
+
+
+def test_median_interval_order_statistics_by_hand():
+    from analysis.entries import median_interval
+
+    x = np.arange(1.0, 101.0)[::-1]                       # order statistics x_(i) = i
+    # n = 100: P(B <= 39) = 0.0176 <= 0.025 < P(B <= 40) = 0.0284, so [x_(40), x_(61)]
+    assert sps.binom.cdf(39, 100, 0.5) <= 0.025 < sps.binom.cdf(40, 100, 0.5)
+    assert median_interval(x) == (40.0, 61.0)
+    assert median_interval(np.array([3.0, 1.0, 2.0, 5.0, 4.0])) == (1.0, 5.0)   # n = 5: the full range
+
+
+def test_a_recall_of_zero_still_gets_an_interval_that_admits_chance():
+    from analysis.entries import metric_entry, proportion_se
+
+    se_floor = proportion_se(0.0, 100)
+    z2 = 1.959963984540054**2
+    p_tilde = (z2 / 2) / (100 + z2)
+    assert se_floor == pytest.approx(np.sqrt(p_tilde * (1 - p_tilde) / (100 + z2)))
+    e = metric_entry("retrieval_ridge_x_to_y_recall@1", 0.0, kind="at_n", replicates=np.zeros(10), n_blocks=10,
+                     null=np.full(50, 0.01), n_used=100, subsampled=False, level=0.95, se_floor=se_floor)
+    assert e["ci_lo"] == 0.0 and e["ci_hi"] > 0.01 and e["excess_ci_lo"] < 0 < e["excess_ci_hi"]

@@ -173,10 +173,15 @@ def test_knn_standardisation_is_fitted_on_each_training_fold():
     raw = L.knn_cv_accuracy(X, y, k=5, seed=0, metric="euclidean")
     scaled = L.knn_cv_accuracy(X, y, k=5, seed=0, metric="euclidean", standardize=True)
     assert scaled["value"] > raw["value"] + 0.15                 # the wide noise feature no longer dominates
-    tr, te = L.cv_splits(y, 5, seed=0)[0]
-    mu, sd = X[tr].mean(0), X[tr].std(0)
-    ref = L.knn_predict((X[tr] - mu) / sd, y[tr], (X[te] - mu) / sd, 5)   # scaled by hand, train fold only
-    np.testing.assert_array_equal(L.knn_predict(X[tr], y[tr], X[te], 5, standardize=True), ref)
+    # test rows far out in the noise feature: scaling fitted on all rows would shrink that feature
+    Xtr, ytr = X[::2], y[::2]
+    Xte = np.column_stack([np.full(10, 0.5), np.linspace(-400, 400, 10)])
+    mu, sd = Xtr.mean(0), Xtr.std(0)
+    ref = L.knn_predict((Xtr - mu) / sd, ytr, (Xte - mu) / sd, 5, metric="euclidean")   # by hand, train rows only
+    leaky_sd = np.vstack([Xtr, Xte]).std(0)
+    leaky = L.knn_predict((Xtr - mu) / leaky_sd, ytr, (Xte - mu) / leaky_sd, 5, metric="euclidean")
+    assert not np.array_equal(ref, leaky)                                   # the check has teeth
+    np.testing.assert_array_equal(L.knn_predict(Xtr, ytr, Xte, 5, metric="euclidean", standardize=True), ref)
 
 
 def test_group_aware_splits_never_share_a_group():
@@ -226,6 +231,7 @@ def test_compare_labels_side_by_side(clusters):
     assert res["multiplicity"] == [{"family": "labels", "method": "holm", "size": 6, "members": [
         "audio.label_rdm", "symbolic.label_rdm", "knn_by_fold", "knn_by_recording", "label_rdm_test", "silhouette_test"]}]
     assert res["primary"]["metric"] == "knn_by_recording" and a["knn"]["ci_hi"] <= 1.0
+    assert "whole groups" in a["knn"]["ci_of"] and a["knn"]["n_blocks"] <= 60   # 60 groups of 3 recordings
     again = compare_labels(X, X_noisy, y, groups=groups, seed=0, k=5, n_permutations=100, n_boot=200)
     assert again["difference_audio_minus_symbolic"]["knn_by_recording"] == d["knn_by_recording"]
 

@@ -207,6 +207,14 @@ def test_item_level_verdict_and_holm_across_labels():
     assert "Holm p = " in st.table_markdown(table.reset_index()) and "x 120 items" in st.table_markdown(table.reset_index())
 
 
+def test_verdict_reads_the_holm_adjusted_p():
+    row = {"audio_flags": "", "symbolic_flags": "", "difference": 0.05, "difference_method": "items x seeds",
+           "p_value": 0.03, "p_holm": 0.09}
+    assert st.verdict(row).startswith("no clear difference")
+    assert st.verdict(dict(row, p_holm=0.04)).startswith("audio higher")
+    assert st.verdict(dict(row, difference=-0.05, p_holm=0.04)).startswith("symbolic higher")
+
+
 def test_items_are_aligned_by_id_and_seeds_by_value():
     rng = np.random.default_rng(2)
     a_correct, s_correct = rng.random((3, 30)) < 0.7, rng.random((3, 30)) < 0.5
