@@ -29,7 +29,15 @@ import numpy as np
 from scipy.linalg import LinAlgError, cholesky, solve_triangular
 
 from analysis._threads import single_thread_blas
-from analysis.linear_family import STAT_NAMES, LinearFamily, PreparedPair, hsic_u, procrustes_from_nuclear, singular_values
+from analysis.linear_family import (
+    STAT_NAMES,
+    LinearFamily,
+    PreparedPair,
+    clip_correlations,
+    hsic_u,
+    procrustes_from_nuclear,
+    singular_values,
+)
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,7 @@ def _cca_chol(Cxx: np.ndarray, Cyy: np.ndarray, Cxy: np.ndarray, reg: float) -> 
             M = solve_triangular(Ly, M.T, lower=True).T
     except LinAlgError:
         return np.full(min(Cxy.shape), np.nan)
-    return np.clip(singular_values(M, precise=False), 0.0, 1.0)
+    return clip_correlations(singular_values(M, precise=False))
 
 
 def stats_from_sums(s: Sums, base: LinearFamily) -> dict[str, float]:

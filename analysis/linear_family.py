@@ -48,6 +48,7 @@ FLOAT32_PERMUTATION_FLOPS = 2**30
 # Principal directions with eigenvalue <= RANK_TOL x the largest are numerically absent (constant or
 # collinear features; float32 inputs leave ~1e-14 relative noise there), so unregularised CCA skips them.
 RANK_TOL = 1e-10
+SNAP_TO_ONE = 1e-9
 
 
 def hsic_u(frob2: float, sq_diag: float, ss_x: float, ss_y: float, sa: float, sb: float, t3: float,
@@ -88,12 +89,23 @@ def n_keep(w: np.ndarray, keep: float) -> int:
     return int(min(w.size, np.searchsorted(np.cumsum(w) / total, keep - 1e-12) + 1))
 
 
+def clip_correlations(rho: np.ndarray) -> np.ndarray:
+    """Canonical correlations clipped to [0, 1], and values within SNAP_TO_ONE of 1 set to exactly 1.
+
+    When rank_x + rank_y >= N - 1 some correlations are 1 by construction (in-sample overfit); their
+    rounding noise (~1e-15) must not make a permutation null look variable (a histogram of draws
+    that differ by 1e-16 cannot be binned).
+    """
+    rho = np.clip(rho, 0.0, 1.0)
+    return np.where(rho > 1.0 - SNAP_TO_ONE, 1.0, rho)
+
+
 def canon_corr(T: np.ndarray, wx: np.ndarray, wy: np.ndarray, rx: float, ry: float, precise: bool = True) -> np.ndarray:
     """Canonical correlations from the rotated cross scatter and (ridge-shifted) eigenvalues."""
     with np.errstate(divide="ignore"):
         dx = np.where(wx + rx > 0, 1.0 / np.sqrt(wx + rx), 0.0)
         dy = np.where(wy + ry > 0, 1.0 / np.sqrt(wy + ry), 0.0)
-    return np.clip(singular_values(dx[:, None] * T * dy[None, :], precise), 0.0, 1.0)
+    return clip_correlations(singular_values(dx[:, None] * T * dy[None, :], precise))
 
 
 def numerical_rank(w: np.ndarray) -> int:

@@ -80,6 +80,17 @@ def test_mean_cca_of_a_rotated_copy_is_one_with_constant_and_collinear_columns()
     assert S.mean_cca(X, Y, reg=1e-4)["value"] < 0.99  # ridge over all 12 directions: the old default's bias
 
 
+def test_in_sample_cca_with_fewer_rows_than_dimensions_is_exactly_one_in_every_draw():
+    # N - 1 <= rank: every canonical correlation is 1 by construction; rounding noise of 1e-16 between
+    # permutation draws once made the null's histogram fail ("too many bins for data range")
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((24, 40)), rng.standard_normal((24, 30))
+    pair = lf.PreparedPair(X, Y, cca_reg=0.0, cca_components=None, svcca_keep=0.99)
+    draws = np.array([pair.stats(rng.permutation(24))["mean_cca"] for _ in range(19)])
+    assert pair.stats()["mean_cca"] == 1.0 and np.all(draws == 1.0)
+    assert np.histogram(draws, bins=30)[0].sum() == 19
+
+
 def test_rsa_correlation_metric_invariant_to_row_affine_maps():
     # The correlation distance centres each row across features, so it is invariant to x -> a x + c 1
     # (not to rotations: see the similarity module docstring).
