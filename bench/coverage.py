@@ -31,6 +31,7 @@ standard error of a rate (sqrt(r (1 - r) / R)).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -108,6 +109,30 @@ def _loo_mean(values: np.ndarray) -> np.ndarray:
 
 def _cover(lo, hi, truth) -> np.ndarray:
     return (lo <= truth + 1e-12) & (truth - 1e-12 <= hi)
+
+
+def run_familywise(kind: str, reps: int, n: int, n_permutations: int, seed: int) -> dict:
+    """Family-wise error after Holm with enough permutations for Holm to reject at all.
+
+    With m = 29 p-values Holm's first step needs p <= 0.05 / 29, i.e. n_permutations >= 579
+    (``analysis.multiplicity.min_permutations_for``); the coverage runs use fewer, so the
+    family-wise rate is measured here, on its own datasets.
+    """
+    model = SpacesModel(kind, seed=seed)
+    free, within, raw = [], [], []
+    for r in range(reps):
+        X, Y, y = model.draw(n, np.random.default_rng([seed, r, 6]))
+        res = compare_spaces(X, Y, strata=None if kind == "independent" else y, seed=r, n_permutations=n_permutations)
+        m = res["metrics"].values()
+        free.append(min(e["p_holm"] for e in m) <= ALPHA)
+        raw.append(min(e["p_value"] for e in m) <= ALPHA)
+        if kind != "independent":
+            within.append(min(e["null_within"]["p_holm"] for e in m) <= ALPHA)
+    out = {"kind": kind, "reps": reps, "n": n, "n_permutations": n_permutations,
+           "familywise_free_raw": _rate(np.asarray(raw)), "familywise_free_holm": _rate(np.asarray(free))}
+    if within:
+        out["familywise_within_holm"] = _rate(np.asarray(within))
+    return out
 
 
 def run_spaces(kind: str, reps: int, n: int, n_permutations: int, seed: int, n_big: int = 3000) -> dict:
@@ -340,13 +365,28 @@ def summary(result: dict) -> dict:
                     reject.append((e["rate"], f"paired.{scen}.{key}"))
             elif key not in ("a_wilson", "b_wilson", "a_t", "b_t"):  # parts of the reported (wider) interval
                 cover.append((e["rate"], f"paired.{scen}.{key}"))
-    fw = [(result["spaces"]["independent"]["familywise_free"]["rate"], "spaces.independent.familywise_free"),
-          (result["spaces"]["label_only"]["familywise_within"]["rate"], "spaces.label_only.familywise_within"),
-          (result["labels"]["none"]["familywise"]["rate"], "labels.none.familywise"),
+    fw = [(result["labels"]["none"]["familywise"]["rate"], "labels.none.familywise"),
           (result["paired"]["sweep_family"]["familywise_holm"]["rate"], "paired.sweep_family.familywise_holm")]
-    return {"min_coverage": min(cover), "max_rejection": max(reject), "max_familywise": max(fw),
-            "n_intervals": len(cover), "n_tests": len(reject), "coverage_below_0.90": sorted(c for c in cover if c[0] < 0.9),
+    for kind, res in result.get("familywise", {}).items():
+        fw.append((res["familywise_free_holm"]["rate"], f"familywise.{kind}.free_holm"))
+        if "familywise_within_holm" in res:
+            fw.append((res["familywise_within_holm"]["rate"], f"familywise.{kind}.within_holm"))
+    rates = [r for r, _ in reject]
+    return {"min_coverage": min(cover), "max_rejection": max(reject), "mean_rejection": round(float(np.mean(rates)), 4),
+            "max_familywise": max(fw), "n_intervals": len(cover), "n_tests": len(reject),
+            "coverage_below_0.90": sorted(c for c in cover if c[0] < 0.9),
             "rejection_above_0.06": sorted(r for r in reject if r[0] > 0.06)}
+
+
+def merge(results: list[dict]) -> dict:
+    """One result from runs of different parts (same settings otherwise): sections joined, summary redone."""
+    out = {"benchmark": "coverage", "machine": results[0]["machine"], "alpha": ALPHA, "level": 0.95,
+           "settings": results[0]["settings"], "parts_run_separately": [r["settings"].get("parts") for r in results],
+           "seconds": round(sum(r["seconds"] for r in results), 1)}
+    for section in ("spaces", "labels", "paired", "familywise"):
+        out[section] = {k: v for r in results for k, v in r.get(section, {}).items()}
+    out["summary"] = summary(out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -358,19 +398,33 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--n-permutations", type=int, default=199)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--parts", default="spaces,labels,paired")
+    ap.add_argument("--reps-dependent", type=int, default=None, help="datasets for the dependent scenario (default --reps)")
+    ap.add_argument("--reps-familywise", type=int, default=250)
+    ap.add_argument("--familywise-permutations", type=int, default=599,
+                    help="enough for Holm over 29 tests to reject (>= 579)")
+    ap.add_argument("--parts", default="spaces,labels,paired,familywise")
+    ap.add_argument("--merge", nargs="+", default=None,
+                    help="combine the JSON outputs of runs of different --parts (run side by side) into one")
     args = ap.parse_args(argv)
+    if args.merge:
+        finish(merge([json.loads(Path(p).read_text()) for p in args.merge]))
+        return
     if args.quick:
         args.reps, args.reps_rejection, args.n, args.n_permutations = 4, 4, 40, 19
+        args.reps_familywise, args.familywise_permutations = 2, 19
+    reps_dependent = args.reps if args.reps_dependent is None else args.reps_dependent
     parts = set(args.parts.split(","))
     started = time.perf_counter()
     result = {"benchmark": "coverage", "machine": machine(), "alpha": ALPHA, "level": 0.95,
-              "settings": {"reps": args.reps, "reps_rejection": args.reps_rejection, "n": args.n,
-                           "n_permutations": args.n_permutations, "seed": args.seed, "quick": args.quick},
-              "spaces": {}, "labels": {}, "paired": {}}
+              "settings": {"reps": args.reps, "reps_rejection": args.reps_rejection, "reps_dependent": reps_dependent,
+                           "reps_familywise": args.reps_familywise,
+                           "familywise_permutations": args.familywise_permutations, "n": args.n,
+                           "n_permutations": args.n_permutations, "seed": args.seed, "quick": args.quick,
+                           "parts": args.parts},
+              "spaces": {}, "labels": {}, "paired": {}, "familywise": {}}
     if "spaces" in parts:
         for kind in ("independent", "dependent", "label_only"):
-            reps = args.reps if kind == "dependent" else args.reps_rejection
+            reps = reps_dependent if kind == "dependent" else args.reps_rejection
             result["spaces"][kind] = run_spaces(kind, reps, args.n, args.n_permutations, args.seed,
                                                 n_big=400 if args.quick else 3000)
     if "labels" in parts:
@@ -384,6 +438,10 @@ def main(argv: list[str] | None = None) -> None:
                                                                                      args.seed)
             result["paired"][f"regression_{kind}"] = run_paired_regression(kind, reps, n_items, seeds, args.seed)
         result["paired"]["sweep_family"] = run_sweep_family(args.reps, n_items, seeds, 3, args.seed)
+    if "familywise" in parts:
+        for kind in ("independent", "label_only"):
+            result["familywise"][kind] = run_familywise(kind, args.reps_familywise, args.n,
+                                                        args.familywise_permutations, args.seed)
     if parts >= {"spaces", "labels", "paired"}:
         result["summary"] = summary(result)
     result["seconds"] = round(time.perf_counter() - started, 1)

@@ -28,6 +28,14 @@ def quick():
     return json.loads(out.getvalue())
 
 
+def test_merge_joins_parts_and_redoes_the_summary(quick):
+    a = {**quick, "spaces": {}, "familywise": {}, "settings": {**quick["settings"], "parts": "labels,paired"}}
+    b = {**quick, "labels": {}, "paired": {}, "settings": {**quick["settings"], "parts": "spaces,familywise"}}
+    merged = coverage.merge([a, b])
+    assert json.loads(json.dumps(merged["summary"])) == quick["summary"] and merged["spaces"] == quick["spaces"]
+    assert merged["parts_run_separately"] == ["labels,paired", "spaces,familywise"]
+
+
 def test_population_cka_of_the_models():
     assert SpacesModel("independent").population_cka() == 0.0
     dep = SpacesModel("dependent")
@@ -64,5 +72,7 @@ def test_quick_run_covers_every_reported_interval_and_test(quick):
     assert set(quick["labels"]["equal"]["differences"]) == {"knn_by_fold", "knn_by_recording", "silhouette_test",
                                                             "label_rdm_test"}
     assert {"classification_equal", "regression_differ", "sweep_family"} <= set(quick["paired"])
+    assert set(quick["familywise"]) == {"independent", "label_only"}
+    assert "familywise_within_holm" in quick["familywise"]["label_only"]
     s = quick["summary"]
     assert s["n_intervals"] > 100 and s["n_tests"] > 60 and 0 <= s["max_familywise"][0] <= 1
