@@ -43,9 +43,11 @@ from scipy import stats as sps
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.compare import compare_labels, compare_spaces  # noqa: E402
+from analysis.nulls import StrataPermuter, strata_codes  # noqa: E402
 from analysis.paired_tests import paired_classification_test, paired_regression_test  # noqa: E402
 from analysis.pairwise import RdmPair, rdm_condensed  # noqa: E402
 from analysis.retrieval import fit_retrieval_maps, random_split, retrieval_metrics  # noqa: E402
+from analysis.retrieval_null import RankNull  # noqa: E402
 from analysis.streams import stream  # noqa: E402
 from bench.common import finish, machine  # noqa: E402
 
@@ -140,25 +142,38 @@ def run_familywise(kind: str, reps: int, n: int, n_permutations: int, seed: int)
 RETRIEVAL_NAMES = ("recall@1", "recall@5", "recall@10", "median_rank", "mrr")
 
 
-def retrieval_truth(model: SpacesModel, X: np.ndarray, Y: np.ndarray, r: int, n_fresh: int, seed: int) -> dict:
+def retrieval_truth(model: SpacesModel, X: np.ndarray, Y: np.ndarray, r: int, n_fresh: int, seed: int,
+                    within_draws: int = 0) -> tuple[dict, dict]:
     """Expected held-out retrieval metrics of the maps ``compare_spaces(seed=r)`` fitted on this dataset's
-    training rows, over ``n_fresh`` new test sets of the same size from the model.
+    training rows, over ``n_fresh`` new test sets of the same size from the model; with ``within_draws``
+    also the expected (metric - its within-label null mean) over the same test sets.
 
     Held-out retrieval measures the fitted maps, so its intervals (test items resampled, maps fixed)
     target this conditional value; how the maps would differ on other training rows is not part of it.
     """
     train, test = random_split(X.shape[0], 0.5, stream(r, "retrieval.split"))
-    out: dict[str, list] = {}
+    value: dict[str, list] = {}
+    within: dict[str, list] = {}
     for method in ("ridge", "cca"):
         maps = fit_retrieval_maps(X[train], Y[train], method, seed=stream(r, f"retrieval.{method}.fit"))
         for m in range(n_fresh):
-            Xf, Yf, _ = model.draw(test.size, np.random.default_rng([seed, r, 7, m]))
+            rng = np.random.default_rng([seed, r, 7, m])
+            Xf, Yf, yf = model.draw(test.size, rng)
             proj = maps.project(Xf, Yf)
             for direction, tag in (("audio_to_symbolic", "x_to_y"), ("symbolic_to_audio", "y_to_x")):
                 metrics = retrieval_metrics(*proj[direction])
+                null = None
+                if within_draws:
+                    rank_null = RankNull(*proj[direction], None, 0)
+                    perm_of = StrataPermuter(strata_codes(yf))
+                    draws = [rank_null.metrics(perm_of(rng)) for _ in range(within_draws)]
+                    null = {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
                 for name in RETRIEVAL_NAMES:
-                    out.setdefault(f"retrieval_{method}_{tag}_{name}", []).append(metrics[name])
-    return {k: float(np.mean(v)) for k, v in out.items()}
+                    key = f"retrieval_{method}_{tag}_{name}"
+                    value.setdefault(key, []).append(metrics[name])
+                    if null is not None:
+                        within.setdefault(key, []).append(metrics[name] - null[name])
+    return ({k: float(np.mean(v)) for k, v in value.items()}, {k: float(np.mean(v)) for k, v in within.items()})
 
 
 def run_spaces(kind: str, reps: int, n: int, n_permutations: int, seed: int, n_big: int = 3000,
@@ -167,6 +182,7 @@ def run_spaces(kind: str, reps: int, n: int, n_permutations: int, seed: int, n_b
     fields = ("value", "ci_lo", "ci_hi", "excess", "excess_ci_lo", "excess_ci_hi", "p_value", "p_holm", "null_mean")
     rows: dict[str, dict[str, list]] = {}
     conditional: dict[str, list] = {}
+    conditional_within: dict[str, list] = {}
     fw, fw_within = [], []
     started = time.perf_counter()
     for r in range(reps):
@@ -183,8 +199,13 @@ def run_spaces(kind: str, reps: int, n: int, n_permutations: int, seed: int, n_b
                            ("w_lo", "excess_ci_lo"), ("w_hi", "excess_ci_hi"), ("w_null_mean", "null_mean")):
                 row[f].append(w.get(src, np.nan))
         if kind != "independent":  # independent: the maps are useless, conditional = unconditional
-            for name, v in retrieval_truth(model, X, Y, r, n_fresh, seed).items():
+            # label_only: the within-label excess is 0 given the maps (pairs independent given the label)
+            cond_value, cond_within = retrieval_truth(model, X, Y, r, n_fresh, seed,
+                                                      within_draws=99 if kind == "dependent" else 0)
+            for name, v in cond_value.items():
                 conditional.setdefault(name, []).append(v)
+            for name, v in cond_within.items():
+                conditional_within.setdefault(name, []).append(v)
         fw.append(min(e["p_holm"] for e in res["metrics"].values()) <= ALPHA)
         if kind != "independent":
             fw_within.append(min(e["null_within"]["p_holm"] for e in res["metrics"].values()) <= ALPHA)
@@ -218,8 +239,8 @@ def run_spaces(kind: str, reps: int, n: int, n_permutations: int, seed: int, n_b
             # the pairing is independent given the label for label_only: within excess is 0 there
             if kind == "label_only":
                 truth_w = np.zeros(reps)
-            elif cond is not None:
-                truth_w = cond - np.mean(a["w_null_mean"])
+            elif name in conditional_within:
+                truth_w = np.asarray(conditional_within[name])
             else:
                 truth_w = _loo_mean(a["w_excess"])
             entry["coverage_excess_within_ci"] = _rate(_cover(a["w_lo"], a["w_hi"], truth_w))
@@ -427,9 +448,11 @@ def summary(result: dict) -> dict:
 
 
 def merge(results: list[dict]) -> dict:
-    """One result from runs of different parts (same settings otherwise): sections joined, summary redone."""
+    """One result from runs of different parts: sections joined (a later run's scenario replaces an
+    earlier one's), summary redone; each run's settings are kept in ``settings_by_part``."""
     out = {"benchmark": "coverage", "machine": results[0]["machine"], "alpha": ALPHA, "level": 0.95,
            "settings": results[0]["settings"], "parts_run_separately": [r["settings"].get("parts") for r in results],
+           "settings_by_part": [r["settings"] for r in results],
            "seconds": round(sum(r["seconds"] for r in results), 1)}
     for section in ("spaces", "labels", "paired", "familywise"):
         out[section] = {k: v for r in results for k, v in r.get(section, {}).items()}
