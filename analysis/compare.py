@@ -41,7 +41,8 @@ Resampling, chosen for cost at N = 50,000 (details in the modules named):
   RBF CKA / RSA: 0/1 weights on the subsample; mutual kNN: neighbour lists rebuilt per replicate
   (``knn_jackknife``); retrieval: the group leaves queries and gallery (``retrieval_jackknife``).
   Recall@k's se is floored at the Agresti-Coull binomial se (a recall of 0 of 100 queries still
-  admits chance); the median rank gets the order-statistic interval of a median (``entries``).
+  admits chance); the median rank gets the wider of the order-statistic interval of a median and
+  the jackknife interval (``entries``).
   Excess intervals use the value's se, the null mean (an average of many draws) taken as fixed.
   Checked by simulation: bench/coverage.py, figures in bench/results/coverage.json.
 * nulls: pairing permuted; linear family one N x Dx x Dy product per draw (``PreparedPair``);

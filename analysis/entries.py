@@ -16,9 +16,10 @@ where every jackknife replicate agrees and se = 0; their se is floored at the Ag
 binomial standard error sqrt(p~ (1 - p~) / (n + z^2)), p~ = (x + z^2 / 2) / (n + z^2)
 (``proportion_se``), so a recall of 0 of 100 still gets an interval that admits chance level.
 
-A median (median retrieval rank) is not smooth enough for a jackknife with few rows per group;
-its interval is the distribution-free order-statistic interval of a median, [x_(l), x_(n+1-l)]
-with l from Binomial(n, 1/2) (``median_interval``), over the per-query ranks.
+A median (median retrieval rank) is not smooth enough for a jackknife with few rows per group,
+and per-query ranks are not independent (they share the gallery): its interval is the wider of
+the distribution-free order-statistic interval of a median, [x_(l), x_(n+1-l)] with l from
+Binomial(n, 1/2) (``median_interval``, over the per-query ranks), and the jackknife t interval.
 
 Every metric also gets ``excess`` = value - null_mean (the free permutation null's mean: what
 unrelated spaces with these marginals score at this N) with ``excess_ci_lo``/``excess_ci_hi`` =
@@ -90,15 +91,20 @@ def metric_entry(name: str, value: float, *, kind: str, replicates: np.ndarray, 
                  null_n_used: int | None = None, se_floor: float = 0.0, interval: tuple[float, float] | None = None,
                  note: str = "") -> dict:
     """Build the entry; ``replicates``: the G leave-one-group-out values; ``se_floor``: smallest se used;
-    ``interval``: an interval for the value computed otherwise (a median's), used instead of value +/- t se."""
+    ``interval``: an interval for the value computed otherwise (a median's); the entry reports the wider of it
+    and value +/- t se."""
     lower = lower_is_better(name)
     se = max(jk.standard_error(replicates), se_floor)
     obs = value if observed_for_null is None else observed_for_null
+    if interval is not None:  # the wider of the given interval and the jackknife's
+        t_lo, t_hi = jk.t_interval(value, se, n_blocks, level, bounds)
+        interval = (min(interval[0], t_lo), max(interval[1], t_hi))
     free = _null_block(obs, null, lower, level)
     if kind == KIND_BIASED:
         ci, method = (math.nan, math.nan), "none: biased statistic, read excess and its interval"
     elif interval is not None:
-        ci, method = interval, "distribution-free interval of a median (order statistics, Binomial(n, 1/2))"
+        ci, method = interval, ("the wider of the order-statistic interval of a median (Binomial(n, 1/2)) and the "
+                                f"delete-a-group jackknife t interval ({n_blocks} groups)")
     else:
         ci = jk.t_interval(value, se, n_blocks, level, bounds)
         method = f"delete-a-group jackknife, t interval ({n_blocks} groups)"

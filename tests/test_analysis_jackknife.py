@@ -201,3 +201,18 @@ def test_a_recall_of_zero_still_gets_an_interval_that_admits_chance():
     e = metric_entry("retrieval_ridge_x_to_y_recall@1", 0.0, kind="at_n", replicates=np.zeros(10), n_blocks=10,
                      null=np.full(50, 0.01), n_used=100, subsampled=False, level=0.95, se_floor=se_floor)
     assert e["ci_lo"] == 0.0 and e["ci_hi"] > 0.01 and e["excess_ci_lo"] < 0 < e["excess_ci_hi"]
+
+
+def test_a_median_reports_the_wider_of_its_two_intervals():
+    from analysis.entries import metric_entry
+
+    reps = 50.0 + np.linspace(-3, 3, 10)
+    se = jk.standard_error(reps)
+    t_lo, t_hi = jk.t_interval(50.0, se, 10)
+    kw = dict(kind="at_n", replicates=reps, n_blocks=10, null=np.full(20, 50.5), bounds=(1.0, 100.0), n_used=100,
+              subsampled=False, level=0.95)
+    narrow = metric_entry("retrieval_ridge_x_to_y_median_rank", 50.0, interval=(49.0, 51.0), **kw)
+    assert (narrow["ci_lo"], narrow["ci_hi"]) == pytest.approx((t_lo, t_hi))
+    wide = metric_entry("retrieval_ridge_x_to_y_median_rank", 50.0, interval=(10.0, 90.0), **kw)
+    assert (wide["ci_lo"], wide["ci_hi"]) == (10.0, 90.0)
+    assert (wide["excess_ci_lo"], wide["excess_ci_hi"]) == pytest.approx((10.0 - 50.5, 90.0 - 50.5))
