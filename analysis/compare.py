@@ -1,194 +1,246 @@
 """One call per question: ``compare_spaces`` (how similar are two paired spaces?) and
-``compare_labels`` (does each medium carry the label structure, and which carries more?).
+``compare_labels`` (does each medium carry the label structure, and which carries more?;
+``analysis.compare_labels``).
 
-Each metric entry has: value, ci_lo/ci_hi (bootstrap interval, ``ci_method`` says which),
-ci_lo_raw/ci_hi_raw (plain percentile interval), boot_bias (mean of the bootstrap replicates
-minus value), null_mean, null_lo/null_hi (2.5/97.5 %
-of the permutation null by default), p_value, n_used, subsampled, chance (where defined),
-null_n_used (rows or queries the null and p-value were computed on),
-n_permutations, n_boot, null (the draws, for plots) and a note on how CI and null were obtained.
+Primary analysis (declared before looking at data; one per question):
 
-Resampling schemes, chosen for cost at N = 50,000 (details in the modules named):
-* linear family (linear CKA, debiased CKA, mean CCA, SVCCA, Procrustes): all rows; permutation
-  null costs one N x Dx x Dy product per draw (``linear_family.PreparedPair``); bootstrap
-  resamples row blocks (``linear_bootstrap``; plain row bootstrap for N <= 200). A resample has
-  only ~63% distinct rows, and these statistics overfit more on fewer distinct rows (in-sample
-  CCA/Procrustes pick up noise dimensions), so every replicate is biased upwards by an artefact
-  of resampling, not by sampling variability: at N = 50,000, D = 512 the plain percentile
-  interval of mean CCA lay entirely above the estimate. The reported interval is therefore the
-  percentile interval shifted by -boot_bias (centred like the estimate; the bootstrap is used
-  for the spread only); the raw interval is kept in ci_lo_raw/ci_hi_raw.
-* RBF CKA, RSA: one random subsample of ``max_n_kernel`` rows for value, null and bootstrap.
-  RBF CKA keeps duplicated rows (standard bootstrap of a V-statistic; their K = L = 1 pairs bias
-  replicates upwards, so its interval is bias-corrected too); RSA drops the pairs of a recording
-  with its own copy instead.
-* mutual kNN: all rows; null by permuting neighbour lists; CI by bootstrapping per-row scores.
-* retrieval: CI by bootstrapping per-query scores; null on ``max_n_kernel`` queries
+* spaces: ``linear_cka_debiased`` (debiased linear CKA, Song et al. 2012 / Nguyen et al. 2021):
+  nearly unbiased for the population CKA, ~0 for unrelated spaces at any N and dimension, all rows
+  used, and its interval targets the population value. Its free-null p answers "are the spaces
+  related?"; with strata, its within-stratum p answers "does each recording match its own
+  counterpart beyond what the label explains?" (``result["primary"]``).
+* labels: ``knn_by_recording`` (audio - symbolic kNN score, paired by recording).
+* sweep (``analysis.sweep_table``): the item-level paired test of the label's test metric.
+
+Multiplicity: every p-value of a result belongs to one family, adjusted by Holm
+(``analysis.multiplicity``): "spaces" (the free-null p of every metric), "spaces.within" (the
+within-stratum p of every metric), "labels". ``p_holm`` sits beside each ``p_value``;
+``adjustment`` names family and size; ``result["multiplicity"]`` lists the families. The primary
+metric's raw ``p_value`` is its confirmatory test (one pre-declared hypothesis); claims about any
+other metric should use ``p_holm``. Holm can only reject with enough permutations:
+``settings["min_permutations_for_holm"]``.
+
+Fields of each ``result["metrics"][name]`` entry (``analysis.entries``):
+  value        the statistic on all rows (or its subsample, ``n_used`` / ``subsampled``)
+  kind         "population" | "at_n" | "biased" (what the value estimates), target (words)
+  ci_lo/ci_hi  interval for the target: value +/- t_{G-1} se (NaN for biased statistics)
+  ci_method, se, n_blocks, level, bounds (range of the statistic, intervals are clipped to it)
+  excess       value - null_mean; excess_ci_lo/excess_ci_hi its interval (every metric)
+  null_mean, null_lo, null_hi (central ``level`` range), p_value (free permutation null),
+  p_holm, adjustment, alternative ("greater"; "less" for lower-is-better), n_permutations,
+  null (the draws, for plots), null_n_used (rows / queries the null used)
+  null_within  None, or with strata {null_mean, null_lo, null_hi, p_value, p_holm, adjustment,
+               n_permutations, null, excess, excess_ci_lo, excess_ci_hi}: the same for the pairing
+               permuted within strata
+  n_used, subsampled, chance (where defined), note
+
+Resampling, chosen for cost at N = 50,000 (details in the modules named):
+* intervals: delete-a-group jackknife (``analysis.jackknife``: G ~ sqrt(n) groups, 10..100),
+  replicates without duplicated rows, one group assignment shared by all whole-sample metrics.
+  Linear family: totals minus a group's row sums (``linear_bootstrap.jackknife_replicates``);
+  RBF CKA / RSA: 0/1 weights on the subsample; mutual kNN: neighbour lists rebuilt per replicate
+  (``knn_jackknife``); retrieval: the group leaves queries and gallery (``retrieval_jackknife``).
+  Recall@k's se is floored at the Agresti-Coull binomial se (a recall of 0 of 100 queries still
+  admits chance); the median rank gets the wider of the order-statistic interval of a median and
+  the jackknife interval (``entries``).
+  Excess intervals use the value's se, the null mean (an average of many draws) taken as fixed.
+  Checked by simulation: bench/coverage.py, figures in bench/results/coverage.json.
+* nulls: pairing permuted; linear family one N x Dx x Dy product per draw (``PreparedPair``);
+  RBF CKA and RSA on one random subsample of ``max_n_kernel`` rows (value, null and jackknife);
+  mutual kNN by permuting neighbour lists; retrieval on ``max_n_kernel`` queries
   (``retrieval_null``), so its p-value refers to that query subsample.
-Each component draws from its own random stream derived from ``seed`` and its name, so adding
-or removing a component does not change the others' results.
+* with ``strata`` (label or group per row; numeric labels binned by ``analysis.nulls.strata_codes``)
+  every metric also gets the within-stratum null, from its own stream.
+Each component draws from its own random stream derived from ``seed`` and its name
+(``analysis.streams``), so adding or removing a component does not change the others' results.
 """
 
 from __future__ import annotations
 
+import math
 import time
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
-from analysis import labels as lab
+from analysis import jackknife as jk
 from analysis import linear_bootstrap as lb
 from analysis import linear_family as lf
-from analysis._checks import SeedLike, as_index, as_labels, as_matrix, check_int, check_paired
+from analysis import nulls
+from analysis._checks import SeedLike, as_index, as_labels, as_matrix, check_choice, check_int, check_paired
 from analysis._threads import blas_threads
-from analysis.neighbors import knn_indices
+from analysis.compare_labels import compare_labels, pooled_r2_ci
+from analysis.entries import KIND_AT_N, KIND_BIASED, KIND_POPULATION, median_interval, metric_entry, proportion_se
+from analysis.knn_jackknife import mutual_knn_jackknife
+from analysis.multiplicity import adjust_family, min_permutations_for
 from analysis.pairwise import KernelPair, RdmPair, rbf_gram, rdm_condensed
-from analysis.retrieval import project_for_retrieval, random_split, retrieval_metrics
+from analysis.pooling import zscore_fitted
+from analysis.retrieval import project_for_retrieval, random_split
+from analysis.retrieval_jackknife import BlockRanks
 from analysis.retrieval_null import RankNull
 from analysis.similarity import knn_overlap
-from analysis.stats import bootstrap_mean_ci, bootstrap_weights, null_summary, paired_difference_test, percentile_ci
+from analysis.streams import stream as _stream
 from analysis.subsample import subsample_indices
 
-LOWER_IS_BETTER = ("procrustes_distance", "median_rank")
+__all__ = ["compare_spaces", "compare_labels", "pooled_r2_ci", "PRIMARY_SPACES", "LINEAR_KINDS"]
+PRIMARY_SPACES = "linear_cka_debiased"
+PRIMARY_QUESTION = ("free null: are the spaces related at all? within-stratum null: does each recording's audio "
+                    "embedding match its own symbolic embedding beyond what the label explains?")
+LINEAR_KINDS = {"linear_cka": KIND_BIASED, "linear_cka_debiased": KIND_POPULATION, "mean_cca": KIND_BIASED,
+                "svcca": KIND_BIASED, "procrustes_similarity": KIND_BIASED, "procrustes_distance": KIND_BIASED}
+LINEAR_BOUNDS = {"linear_cka_debiased": (-1.0, 1.0), "procrustes_distance": (0.0, math.sqrt(2.0))}
 
 
-def _stream(seed: SeedLike, name: str) -> np.random.Generator:
-    """Independent, reproducible generator per component: SeedSequence([seed, crc32(name)])."""
-    base = int(seed) if not isinstance(seed, np.random.Generator) else int(seed.integers(2**31 - 1))
-    return np.random.default_rng(np.random.SeedSequence([base, zlib.crc32(name.encode())]))
+class _Nulls:
+    """The free and (with strata) within-stratum permuters of one set of rows, with named streams."""
+
+    def __init__(self, codes: np.ndarray | None, n: int, seed: SeedLike, n_permutations: int):
+        self.seed, self.n_permutations = seed, n_permutations
+        self.free = nulls.free_permuter(n)
+        self.within, self.problem = None, None
+        if codes is not None:
+            try:
+                self.within = nulls.StrataPermuter(codes)
+            except ValueError as exc:
+                self.problem = str(exc)
+
+    def run(self, stat, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """(free draws, within draws or None) of ``stat(perm)`` (a float or a dict of floats)."""
+        free = [stat(p) for p in nulls.draws(self.free, self.n_permutations, _stream(self.seed, f"{name}.null"))]
+        within = None
+        if self.within is not None:
+            within = [stat(p) for p in nulls.draws(self.within, self.n_permutations,
+                                                   _stream(self.seed, f"{name}.null_within"))]
+        return free, within
 
 
-def _entry(value: float, reps: np.ndarray | None, null: np.ndarray | None, observed_for_null: float | None,
-           *, name: str, n_used: int, subsampled: bool, level: float, chance: float | None = None,
-           null_n_used: int | None = None, debias_ci: bool = False, note: str = "") -> dict:
-    lower = any(name.endswith(s) for s in LOWER_IS_BETTER)
-    raw = percentile_ci(reps, level) if reps is not None else (float("nan"), float("nan"))
-    finite = np.asarray(reps, dtype=np.float64)[np.isfinite(reps)] if reps is not None else np.empty(0)
-    bias = float(finite.mean() - value) if finite.size else float("nan")
-    # Bias-corrected percentile interval (raw interval minus the bootstrap bias), see module docstring.
-    ci = (raw[0] - bias, raw[1] - bias) if debias_ci else raw
-    nul = (null_summary(value if observed_for_null is None else observed_for_null, null,
-                        "less" if lower else "greater", level) if null is not None else None)
-    return {"value": float(value), "ci_lo": ci[0], "ci_hi": ci[1], "ci_method": "bias-corrected percentile"
-            if debias_ci else "percentile", "ci_lo_raw": raw[0], "ci_hi_raw": raw[1], "boot_bias": bias,
-            "null_mean": nul["null_mean"] if nul else float("nan"), "null_lo": nul["null_lo"] if nul else float("nan"),
-            "null_hi": nul["null_hi"] if nul else float("nan"), "p_value": nul["p_value"] if nul else float("nan"),
-            "n_used": int(n_used), "subsampled": bool(subsampled), "chance": chance,
-            "null_n_used": int(n_used if null_n_used is None else null_n_used),
-            "n_permutations": nul["n_permutations"] if nul else 0, "n_boot": 0 if reps is None else int(len(reps)),
-            "null": nul["null"] if nul else None, "note": note}
+def _column(draws, key=None):
+    if draws is None:
+        return None
+    return np.array([d[key] for d in draws] if key is not None else draws, dtype=np.float64)
 
 
-def _linear(X, Y, out, timings, *, seed, n_permutations, n_boot, level, cca_reg, svcca_keep):
+def _linear(X, Y, out, timings, *, nul, blocks, n_blocks, level, cca_reg, svcca_keep):
     t0 = time.perf_counter()
     pair = lf.PreparedPair(X, Y, cca_reg=cca_reg, cca_components=None, svcca_keep=svcca_keep)
     obs = pair.stats()
-    rng = _stream(seed, "linear.null")
-    draws = [pair.stats(rng.permutation(X.shape[0])) for _ in range(n_permutations)]
-    reps, n_blocks = lb.bootstrap_replicates(X, Y, n_boot, _stream(seed, "linear.boot"), cca_reg=cca_reg,
-                                             cca_components=None, svcca_keep=svcca_keep, prepared=pair)
-    note = (f"all rows; null: permuted pairing; CI: bootstrap over {n_blocks} row blocks, shifted by the "
-            "bootstrap bias")
-    overfit = "; in-sample fit is biased upwards (compare with null_mean)"
+    free, within = nul.run(pair.stats, "linear")
+    reps = lb.jackknife_replicates(pair, blocks, n_blocks)
+    note = f"all rows; null: permuted pairing; CI: delete-a-group jackknife ({n_blocks} groups)"
     for name in lf.STAT_NAMES:
-        out[name] = _entry(obs[name], reps[name], np.array([d[name] for d in draws]), None, name=name,
-                           n_used=X.shape[0], subsampled=False, level=level, debias_ci=True,
-                           note=note + (overfit if name in ("mean_cca", "svcca", "procrustes_similarity",
-                                                             "procrustes_distance") else ""))
+        kind = LINEAR_KINDS[name]
+        out[name] = metric_entry(name, obs[name], kind=kind, replicates=reps[name], n_blocks=n_blocks,
+                                 null=_column(free, name), null_within=_column(within, name),
+                                 bounds=LINEAR_BOUNDS.get(name, (0.0, 1.0)), n_used=X.shape[0], subsampled=False,
+                                 level=level, note=note + ("; biased upwards (read excess)" if kind == KIND_BIASED
+                                                           else ""))
     timings["linear_family"] = time.perf_counter() - t0
 
 
-def _kernel_and_rsa(X, Y, out, timings, *, seed, n_permutations, n_boot, level, max_n_kernel, sigma_frac, rsa_metric):
+def _kernel_and_rsa(X, Y, out, timings, *, codes, seed, n_permutations, level, max_n_kernel, sigma_frac, rsa_metric):
     idx = subsample_indices(X.shape[0], max_n_kernel, _stream(seed, "kernel.subsample"))
     sub = idx.size < X.shape[0]
     Xs, Ys = X[idx] - X[idx].mean(0), Y[idx] - Y[idx].mean(0)
+    g = jk.n_blocks_for(idx.size)
+    weights = jk.leave_out_weights(jk.block_ids(idx.size, g, _stream(seed, "kernel.jackknife")), g)
+    nul = _Nulls(None if codes is None else codes[idx], idx.size, seed, n_permutations)
     t0 = time.perf_counter()
     kp = KernelPair(rbf_gram(Xs, sigma_frac)[0], rbf_gram(Ys, sigma_frac)[0])
-    null = np.array([kp.stat(p) for p in _perms(idx.size, n_permutations, _stream(seed, "rbf.null"))])
-    reps = kp.stat_weights(bootstrap_weights(idx.size, n_boot, _stream(seed, "rbf.boot")))
-    # Duplicated rows add K = L = 1 pairs to the V-statistic: an upward resampling artefact, so the
-    # interval is bias-corrected like the linear family's.
-    out["rbf_cka"] = _entry(kp.stat(), reps, null, None, name="rbf_cka", n_used=idx.size, subsampled=sub, level=level,
-                            debias_ci=True, note=f"sigma = {sigma_frac} x median distance; subsample; CI: row "
-                                                 "bootstrap (V-statistic), shifted by the bootstrap bias")
+    free, within = nul.run(kp.stat, "rbf")
+    out["rbf_cka"] = metric_entry("rbf_cka", kp.stat(), kind=KIND_BIASED, replicates=kp.stat_weights(weights),
+                                  n_blocks=g, null=_column(free), null_within=_column(within), n_used=idx.size,
+                                  subsampled=sub, level=level,
+                                  note=f"sigma = {sigma_frac} x median distance; biased (V-statistic HSIC): read excess")
     timings["rbf_cka"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     rp = RdmPair(rdm_condensed(Xs, rsa_metric), rdm_condensed(Ys, rsa_metric))
-    null = np.array([rp.stat(p) for p in _perms(idx.size, n_permutations, _stream(seed, "rsa.null"))])
-    reps = rp.stat_weights(bootstrap_weights(idx.size, n_boot, _stream(seed, "rsa.boot")))
-    out["rsa"] = _entry(rp.stat(), reps, null, None, name="rsa", n_used=idx.size, subsampled=sub, level=level,
-                        note=f"{rsa_metric} RDMs, Spearman; subsample; CI: item bootstrap without self-pairs, fixed ranks")
+    free, within = nul.run(rp.stat, "rsa")
+    out["rsa"] = metric_entry("rsa", rp.stat(), kind=KIND_POPULATION, replicates=rp.stat_weights(weights), n_blocks=g,
+                              null=_column(free), null_within=_column(within), bounds=(-1.0, 1.0), n_used=idx.size,
+                              subsampled=sub, level=level,
+                              note=f"{rsa_metric} RDMs, Spearman; jackknife keeps the subsample's ranks")
     timings["rsa"] = time.perf_counter() - t0
+    return nul.problem
 
 
-def _perms(n: int, count: int, rng: np.random.Generator):
-    for _ in range(count):
-        yield rng.permutation(n)
-
-
-def _mutual_knn(X, Y, out, timings, *, seed, n_permutations, n_boot, level, k):
+def _mutual_knn(X, Y, out, timings, *, nul, blocks, n_blocks, level, k):
     t0 = time.perf_counter()
-    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
-    nx, ny = knn_indices(Xc, k), knn_indices(Yc, k)
-    per_row = knn_overlap(nx, ny)
-    null = np.array([knn_overlap(nx, ny, p).mean() for p in _perms(X.shape[0], n_permutations,
-                                                                      _stream(seed, "knn.null"))])
-    ci = bootstrap_mean_ci(per_row, n_boot, _stream(seed, "knn.boot"), level)
-    out["mutual_knn"] = _entry(per_row.mean(), ci["replicates"], null, None, name="mutual_knn", n_used=X.shape[0],
-                               subsampled=False, level=level, chance=k / (X.shape[0] - 1),
-                               note=f"k={k}, cosine, centred; CI: bootstrap of per-row overlap (neighbours fixed)")
+    res = mutual_knn_jackknife(X - X.mean(0), Y - Y.mean(0), k, blocks, n_blocks)
+    nx, ny = res["neighbors_x"], res["neighbors_y"]
+    free, within = nul.run(lambda p: float(knn_overlap(nx, ny, p).mean()), "knn")
+    out["mutual_knn"] = metric_entry("mutual_knn", res["value"], kind=KIND_AT_N, replicates=res["replicates"],
+                                     n_blocks=n_blocks, null=_column(free), null_within=_column(within),
+                                     n_used=X.shape[0], subsampled=False, level=level, chance=k / (X.shape[0] - 1),
+                                     note=f"k={k}, cosine, centred; CI: jackknife with neighbour lists rebuilt")
     timings["mutual_knn"] = time.perf_counter() - t0
 
 
-def _retrieval(X, Y, out, timings, *, seed, n_permutations, n_boot, level, max_n_kernel, train_idx, test_idx, methods):
+def _retrieval(X, Y, out, timings, *, codes, seed, n_permutations, level, max_n_kernel, train_idx, test_idx, methods,
+               standardize):
+    n_test = test_idx.size
+    g = jk.n_blocks_for(n_test)
+    blocks = jk.block_ids(n_test, g, _stream(seed, "retrieval.jackknife"))
+    problem = None
     for method in methods:
         t0 = time.perf_counter()
-        proj = project_for_retrieval(X, Y, train_idx, test_idx, method, seed=_stream(seed, f"retrieval.{method}.fit"))
+        proj = project_for_retrieval(X, Y, train_idx, test_idx, method, seed=_stream(seed, f"retrieval.{method}.fit"),
+                                     standardize=standardize)
         for direction, tag in (("audio_to_symbolic", "x_to_y"), ("symbolic_to_audio", "y_to_x")):
             Q, G = proj[direction]
-            m = retrieval_metrics(Q, G)
+            ranks = BlockRanks(Q, G, blocks, g)
+            m, reps = ranks.metrics(), ranks.replicates()
             rn = RankNull(Q, G, max_n_kernel, _stream(seed, f"retrieval.{method}.{tag}.queries"))
+            nul = _Nulls(None if codes is None else codes[test_idx], n_test, seed, n_permutations)
+            problem = problem or nul.problem
+            free, within = nul.run(rn.metrics, f"retrieval.{method}.{tag}")
             obs_sub = rn.metrics()
-            null = rn.null(n_permutations, _stream(seed, f"retrieval.{method}.{tag}.null"))
             for name in obs_sub:
-                stat = np.median if name == "median_rank" else np.mean
-                ci = bootstrap_mean_ci(m["per_query"][name], n_boot, _stream(seed, f"retrieval.{method}.{tag}.{name}"),
-                                       level, statistic=stat)
                 key = f"retrieval_{method}_{tag}_{name}"
                 chance = m["chance_median_rank"] if name == "median_rank" else m[f"chance_{name}"]
-                out[key] = _entry(m[name], ci["replicates"], null[name], obs_sub[name], name=key, n_used=test_idx.size,
-                                  subsampled=False, level=level, chance=chance, null_n_used=rn.q_idx.size,
-                                  note=f"train {train_idx.size} / test {test_idx.size}; p-value on {rn.q_idx.size} "
-                                       "queries vs full gallery; CI: per-query bootstrap")
+                out[key] = metric_entry(key, m[name], kind=KIND_AT_N, replicates=reps[name], n_blocks=g,
+                                        null=_column(free, name), null_within=_column(within, name),
+                                        observed_for_null=obs_sub[name],
+                                        bounds=(1.0, float(n_test)) if name == "median_rank" else (0.0, 1.0),
+                                        n_used=n_test, subsampled=False, level=level, chance=chance,
+                                        null_n_used=rn.q_idx.size, se_floor=proportion_se(m[name], n_test, level)
+                                        if name.startswith("recall@") else 0.0,
+                                        interval=median_interval(m["per_query"]["median_rank"], level)
+                                        if name == "median_rank" else None,
+                                        note=f"train {train_idx.size} / test {n_test}; p-value on {rn.q_idx.size} "
+                                             "queries vs full gallery; CI: jackknife over test items")
         timings[f"retrieval_{method}"] = time.perf_counter() - t0
+    return problem
 
 
 def compare_spaces(X: np.ndarray, Y: np.ndarray, *, train_idx: np.ndarray | None = None,
-                   test_idx: np.ndarray | None = None, seed: SeedLike = 0, n_permutations: int = 200,
-                   n_boot: int = 200, max_n_kernel: int | None = 2000, k: int = 10, level: float = 0.95,
-                   sigma_frac: float = 0.8, rsa_metric: str = "cosine", cca_reg: float = 1e-4,
+                   test_idx: np.ndarray | None = None, strata: np.ndarray | None = None, seed: SeedLike = 0,
+                   n_permutations: int = 200, n_boot: int | None = None, max_n_kernel: int | None = 2000, k: int = 10,
+                   level: float = 0.95, sigma_frac: float = 0.8, rsa_metric: str = "cosine", cca_reg: float = 0.0,
                    svcca_keep: float = 0.99, retrieval_methods: Sequence[str] = ("ridge", "cca"),
-                   n_threads: int | None = 1) -> dict:
+                   standardize: str = "none", n_threads: int | None = 1) -> dict:
     """All cross-space metrics for paired X (N, Dx) = audio and Y (N, Dy) = symbolic embeddings.
 
     ``train_idx``/``test_idx`` define the retrieval split (split by piece when pieces repeat);
-    without them a seeded random 50/50 split is used. ``n_threads`` caps BLAS threads for the
-    duration of the call (process-wide, restored afterwards; None leaves the library default).
-    The default 1 is deliberate: on the shared 2-core machine OpenBLAS with 2 threads was 2-4x
-    slower whenever another process was busy (5k bench: 161 s vs 101 s), and at most ~2x faster
-    on an idle one. Returns {"n", "dim_x", "dim_y", "settings",
-    "metrics": {name: entry}, "timings_s": {component: seconds}}.
+    without them a seeded random 50/50 split is used. ``strata``: (N,) label or group codes (see
+    ``analysis.nulls.strata_codes``) for the within-stratum nulls; None: free nulls only.
+    ``standardize``: "none", or "zscore" (each feature to mean 0, sd 1: over all rows for the
+    whole-sample metrics, which use no held-out rows; over the training rows for retrieval).
+    ``n_boot`` is accepted for older callers and ignored (intervals come from the jackknife).
+    ``n_threads`` caps BLAS threads for the duration of the call (process-wide, restored
+    afterwards; None leaves the library default). The default 1 is deliberate: on the shared 2-core
+    machine OpenBLAS with 2 threads was 2-4x slower whenever another process was busy.
+    Returns {"n", "dim_x", "dim_y", "settings", "metrics": {name: entry}, "primary",
+    "multiplicity", "timings_s"} (fields: module docstring).
     """
     with blas_threads(n_threads):
-        return _compare_spaces(X, Y, train_idx=train_idx, test_idx=test_idx, seed=seed, n_permutations=n_permutations,
-                               n_boot=n_boot, max_n_kernel=max_n_kernel, k=k, level=level, sigma_frac=sigma_frac,
-                               rsa_metric=rsa_metric, cca_reg=cca_reg, svcca_keep=svcca_keep,
-                               retrieval_methods=retrieval_methods)
+        return _compare_spaces(X, Y, train_idx=train_idx, test_idx=test_idx, strata=strata, seed=seed,
+                               n_permutations=n_permutations, max_n_kernel=max_n_kernel, k=k, level=level,
+                               sigma_frac=sigma_frac, rsa_metric=rsa_metric, cca_reg=cca_reg, svcca_keep=svcca_keep,
+                               retrieval_methods=retrieval_methods, standardize=standardize)
 
 
-def _compare_spaces(X, Y, *, train_idx, test_idx, seed, n_permutations, n_boot, max_n_kernel, k, level, sigma_frac,
-                    rsa_metric, cca_reg, svcca_keep, retrieval_methods) -> dict:
+def _compare_spaces(X, Y, *, train_idx, test_idx, strata, seed, n_permutations, max_n_kernel, k, level, sigma_frac,
+                    rsa_metric, cca_reg, svcca_keep, retrieval_methods, standardize) -> dict:
     X = as_matrix("X", X)
     Y = as_matrix("Y", Y)
     check_paired(X, Y)
@@ -196,8 +248,9 @@ def _compare_spaces(X, Y, *, train_idx, test_idx, seed, n_permutations, n_boot, 
     if n < 20:
         raise ValueError(f"X, Y: expected at least 20 paired rows for resampling-based inference, got {n}")
     n_permutations = check_int("n_permutations", n_permutations, minimum=1)
-    n_boot = check_int("n_boot", n_boot, minimum=1)
     k = check_int("k", k, minimum=1, maximum=n - 2)
+    check_choice("standardize", standardize, ("none", "zscore"))
+    codes = None if strata is None else nulls.strata_codes(as_labels("strata", strata, n))
     split = "given"
     if train_idx is None and test_idx is None:
         train_idx, test_idx = random_split(n, 0.5, _stream(seed, "retrieval.split"))
@@ -205,95 +258,41 @@ def _compare_spaces(X, Y, *, train_idx, test_idx, seed, n_permutations, n_boot, 
     elif train_idx is None or test_idx is None:
         raise ValueError("train_idx, test_idx: expected both or neither, got only one")
     train_idx, test_idx = as_index("train_idx", train_idx, n), as_index("test_idx", test_idx, n)
-    common = dict(seed=seed, n_permutations=n_permutations, n_boot=n_boot, level=level)
+    if test_idx.size < 10:
+        raise ValueError(f"test_idx: expected at least 10 test rows for retrieval and its jackknife, got {test_idx.size}")
+    Xw, Yw = (zscore_fitted(X), zscore_fitted(Y)) if standardize == "zscore" else (X, Y)
+    g = jk.n_blocks_for(n)
+    blocks = jk.block_ids(n, g, _stream(seed, "jackknife"))
     metrics: dict = {}
     timings: dict = {}
-    _linear(X, Y, metrics, timings, cca_reg=cca_reg, svcca_keep=svcca_keep, **common)
-    _kernel_and_rsa(X, Y, metrics, timings, max_n_kernel=max_n_kernel, sigma_frac=sigma_frac, rsa_metric=rsa_metric,
-                    **common)
-    _mutual_knn(X, Y, metrics, timings, k=k, **common)
-    _retrieval(X, Y, metrics, timings, max_n_kernel=max_n_kernel, train_idx=train_idx, test_idx=test_idx,
-               methods=tuple(retrieval_methods), **common)
+    whole = _Nulls(codes, n, seed, n_permutations)
+    _linear(Xw, Yw, metrics, timings, nul=whole, blocks=blocks, n_blocks=g, level=level, cca_reg=cca_reg,
+            svcca_keep=svcca_keep)
+    problems = [whole.problem]
+    problems.append(_kernel_and_rsa(Xw, Yw, metrics, timings, codes=codes, seed=seed, n_permutations=n_permutations,
+                                    level=level, max_n_kernel=max_n_kernel, sigma_frac=sigma_frac,
+                                    rsa_metric=rsa_metric))
+    _mutual_knn(Xw, Yw, metrics, timings, nul=whole, blocks=blocks, n_blocks=g, level=level, k=k)
+    problems.append(_retrieval(X, Y, metrics, timings, codes=codes, seed=seed, n_permutations=n_permutations,
+                               level=level, max_n_kernel=max_n_kernel, train_idx=train_idx, test_idx=test_idx,
+                               methods=tuple(retrieval_methods), standardize=standardize == "zscore"))
+    families = [adjust_family(metrics, "spaces")]
+    within = {name: e["null_within"] for name, e in metrics.items() if e["null_within"] is not None}
+    if within:
+        families.append(adjust_family(within, "spaces.within"))
+    primary = metrics[PRIMARY_SPACES]
+    strata_info = None
+    if codes is not None:
+        strata_info = {"n_strata": int(np.unique(codes).size), "n_movable": whole.within.n_movable if whole.within
+                       else 0, "problems": [p for p in problems if p]}
     settings = {"seed": seed if not isinstance(seed, np.random.Generator) else "generator",
-                "n_permutations": n_permutations, "n_boot": n_boot, "max_n_kernel": max_n_kernel, "k": k,
+                "n_permutations": n_permutations, "n_blocks": g, "max_n_kernel": max_n_kernel, "k": k,
                 "level": level, "sigma_frac": sigma_frac, "rsa_metric": rsa_metric, "cca_reg": cca_reg,
-                "svcca_keep": svcca_keep, "retrieval_split": split, "n_train": int(train_idx.size),
-                "n_test": int(test_idx.size)}
+                "svcca_keep": svcca_keep, "standardize": standardize, "retrieval_split": split,
+                "n_train": int(train_idx.size), "n_test": int(test_idx.size), "strata": strata_info,
+                "min_permutations_for_holm": min_permutations_for(families[0]["size"])}
     return {"n": n, "dim_x": X.shape[1], "dim_y": Y.shape[1], "settings": settings, "metrics": metrics,
-            "timings_s": timings}
-
-
-def compare_labels(X_audio: np.ndarray, X_symbolic: np.ndarray, y: np.ndarray, *, numeric: bool = False,
-                   groups: np.ndarray | None = None, seed: SeedLike = 0, k: int = 10, n_splits: int = 5,
-                   n_permutations: int = 200, max_n: int | None = 2000, silhouette_n: int | None = 5000,
-                   n_boot: int = 1000, level: float = 0.95, n_threads: int | None = 1) -> dict:
-    """Label structure in each medium side by side, and the audio - symbolic difference.
-
-    Both media use the same CV folds (and the same subsample for the RDM correlation), so the
-    kNN comparison is paired: by fold (``paired_difference_test`` on fold scores; at most
-    2^n_splits sign patterns, and fold scores are dependent, see that function) and by recording
-    (same test on per-recording correctness, or squared error when ``numeric``; far more units).
-    ``numeric=True`` switches kNN to regression (R^2) and skips the silhouette. ``n_threads``
-    caps BLAS threads, as in ``compare_spaces`` (default 1).
-    """
-    with blas_threads(n_threads):
-        return _compare_labels(X_audio, X_symbolic, y, numeric=numeric, groups=groups, seed=seed, k=k,
-                               n_splits=n_splits, n_permutations=n_permutations, max_n=max_n,
-                               silhouette_n=silhouette_n, n_boot=n_boot, level=level)
-
-
-def pooled_r2_ci(sq_err: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Generator,
-                 level: float, chunk: int = 50) -> dict:
-    """Bootstrap interval of the pooled out-of-fold R^2 = 1 - sum(err) / sum((y - mean y)^2), resampling
-    recordings; the point value is the per-fold mean R^2 beside it, so ``r2_pooled`` is given too."""
-    y = np.asarray(y, dtype=np.float64)
-    n = y.size
-    reps = []
-    for start in range(0, n_boot, chunk):  # chunked: (chunk, n) index matrices stay small at n = 50,000
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        yb = y[idx]
-        sst = ((yb - yb.mean(1, keepdims=True)) ** 2).sum(1)
-        reps.append(1.0 - sq_err[idx].sum(1) / np.where(sst > 0, sst, np.nan))
-    reps = np.concatenate(reps)
-    alpha = (1.0 - level) / 2
-    sst = float(((y - y.mean()) ** 2).sum())
-    return {"ci_lo": float(np.nanquantile(reps, alpha)), "ci_hi": float(np.nanquantile(reps, 1 - alpha)),
-            "r2_pooled": 1.0 - float(sq_err.sum()) / sst if sst > 0 else float("nan"),
-            "ci_of": "pooled out-of-fold R^2, bootstrap over recordings"}
-
-
-def _compare_labels(X_audio, X_symbolic, y, *, numeric, groups, seed, k, n_splits, n_permutations, max_n,
-                    silhouette_n, n_boot, level) -> dict:
-    Xa = as_matrix("X_audio", X_audio)
-    Xs = as_matrix("X_symbolic", X_symbolic)
-    check_paired(Xa, Xs, ("X_audio", "X_symbolic"))
-    y = as_labels("y", y, Xa.shape[0])
-    task = "regression" if numeric else "classification"
-    splits = lab.cv_splits(y, n_splits, groups, int(_stream(seed, "labels.cv").integers(2**31 - 1)),
-                           stratify=not numeric)
-    timings: dict = {}
-    media: dict = {}
-    for medium, X in (("audio", Xa), ("symbolic", Xs)):
-        t0 = time.perf_counter()
-        knn = lab.knn_cv_accuracy(X, y, k=k, metric="cosine", task=task, splits=splits)
-        rng = _stream(seed, f"labels.{medium}.knn.boot")
-        ci = (pooled_r2_ci(knn["per_sample"], y, n_boot, rng, level) if numeric
-              else bootstrap_mean_ci(knn["per_sample"], n_boot, rng, level, np.mean))
-        sil = None if numeric else lab.silhouette(X, y, silhouette_n, _stream(seed, "labels.silhouette"))
-        rdm = lab.label_rdm_correlation(X, y, numeric, n_permutations, _stream(seed, "labels.rdm"), max_n)
-        media[medium] = {"knn": {**{kk: v for kk, v in knn.items() if kk != "per_sample"},
-                                 **{kk: v for kk, v in ci.items() if kk.startswith(("ci_", "r2_"))}},
-                         "silhouette": sil, "label_rdm": rdm, "per_sample": knn["per_sample"]}
-        timings[medium] = time.perf_counter() - t0
-    a, s = media["audio"], media["symbolic"]
-    sign = -1.0 if numeric else 1.0  # squared error: lower is better, so report symbolic - audio
-    diff = {
-        "knn_by_fold": paired_difference_test(a["knn"]["per_fold"], s["knn"]["per_fold"], _stream(seed, "labels.diff.fold")),
-        "knn_by_recording": paired_difference_test(sign * a.pop("per_sample"), sign * s.pop("per_sample"),
-                                                   _stream(seed, "labels.diff.rec")),
-        "silhouette": None if numeric else a["silhouette"]["value"] - s["silhouette"]["value"],
-        "label_rdm": a["label_rdm"]["value"] - s["label_rdm"]["value"],
-    }
-    return {"n": int(Xa.shape[0]), "dim_audio": Xa.shape[1], "dim_symbolic": Xs.shape[1], "task": task,
-            "grouped": groups is not None, "n_splits": len(splits), "audio": a, "symbolic": s,
-            "difference_audio_minus_symbolic": diff, "timings_s": timings}
+            "primary": {"metric": PRIMARY_SPACES, "question": PRIMARY_QUESTION, "value": primary["value"],
+                        "ci_lo": primary["ci_lo"], "ci_hi": primary["ci_hi"], "p_value": primary["p_value"],
+                        "p_within": None if primary["null_within"] is None else primary["null_within"]["p_value"]},
+            "multiplicity": families, "timings_s": timings}

@@ -96,14 +96,19 @@ def cv_splits(y: np.ndarray, n_splits: int = 5, groups: np.ndarray | None = None
 
 
 def knn_predict(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, k: int, metric: str = "cosine",
-                task: str = "classification") -> np.ndarray:
+                task: str = "classification", standardize: bool = False) -> np.ndarray:
     """k-NN prediction: majority vote (classification) or neighbour mean (regression).
 
     Vote ties go to the class whose neighbours are nearer (each vote weighs 1 + 1e-6 * (k - rank)).
-    Rows are centred with the training mean before the (chunked, exact) neighbour search.
+    Rows are centred with the training mean before the (chunked, exact) neighbour search;
+    ``standardize=True`` also divides each feature by its training std (test rows never inform it).
     """
     mu = X_train.mean(0)
-    nn = knn_indices(X_train - mu, k, queries=X_test - mu, metric=metric)
+    scale = 1.0
+    if standardize:
+        sd = X_train.std(0)
+        scale = np.where(sd > 0, sd, 1.0)
+    nn = knn_indices((X_train - mu) / scale, k, queries=(X_test - mu) / scale, metric=metric)
     if task == "regression":
         return y_train[nn].mean(axis=1)
     classes, codes = np.unique(y_train, return_inverse=True)
@@ -116,13 +121,14 @@ def knn_predict(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, k:
 
 def knn_cv_accuracy(X: np.ndarray, y: np.ndarray, k: int = 10, n_splits: int = 5, groups: np.ndarray | None = None,
                     seed: SeedLike = 0, metric: str = "cosine", task: str = "classification",
-                    splits: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
+                    splits: list[tuple[np.ndarray, np.ndarray]] | None = None, standardize: bool = False) -> dict:
     """Cross-validated k-NN score: accuracy (classification) or R^2 (``task="regression"``).
 
     Returns ``value`` (mean over folds), ``per_fold``, ``chance`` (majority-class rate for
     classification: what always guessing the commonest class scores; 0 for R^2), and
     ``per_sample`` (1/0 correct, or squared error for regression) aligned with the rows of X, for
     paired per-recording comparisons. ``splits`` overrides the folds (from ``cv_splits``).
+    ``standardize=True`` z-scores features with each training fold's statistics (``knn_predict``).
     """
     X = as_matrix("X", X)
     y = as_labels("y", y, X.shape[0])
@@ -133,7 +139,7 @@ def knn_cv_accuracy(X: np.ndarray, y: np.ndarray, k: int = 10, n_splits: int = 5
     per_fold, per_sample = [], np.full(X.shape[0], np.nan)
     for tr, te in splits:
         kk = check_int("k", k, minimum=1, maximum=tr.size)
-        pred = knn_predict(X[tr], y[tr], X[te], kk, metric, task)
+        pred = knn_predict(X[tr], y[tr], X[te], kk, metric, task, standardize)
         if task == "classification":
             per_sample[te] = pred == y[te]
             per_fold.append(float(np.mean(pred == y[te])))

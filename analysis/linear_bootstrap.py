@@ -1,4 +1,9 @@
-"""Bootstrap of the linear-family statistics (``analysis.linear_family``) from additive row sums.
+"""Resampling of the linear-family statistics (``analysis.linear_family``) from additive row sums.
+
+``jackknife_replicates`` (what ``analysis.compare`` reports; see ``analysis.jackknife`` for why):
+replicate g is the sample without row group g, whose sums are the totals minus group g's sums,
+so G replicates cost G x O(D^3) after one O(N D^2) pass. ``bootstrap_replicates`` (kept for
+comparison and tests) resamples row blocks, as described next.
 
 Every statistic is a function of sums over rows (of x_i, x_i x_i', x_i y_i', |x_i|^2 ...), so the
 sums of a bootstrap resample are weighted totals of per-row (or per-block) sums. Rows are split
@@ -24,7 +29,15 @@ import numpy as np
 from scipy.linalg import LinAlgError, cholesky, solve_triangular
 
 from analysis._threads import single_thread_blas
-from analysis.linear_family import STAT_NAMES, LinearFamily, PreparedPair, hsic_u, procrustes_from_nuclear, singular_values
+from analysis.linear_family import (
+    STAT_NAMES,
+    LinearFamily,
+    PreparedPair,
+    clip_correlations,
+    hsic_u,
+    procrustes_from_nuclear,
+    singular_values,
+)
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,7 @@ def _cca_chol(Cxx: np.ndarray, Cyy: np.ndarray, Cxy: np.ndarray, reg: float) -> 
             M = solve_triangular(Ly, M.T, lower=True).T
     except LinAlgError:
         return np.full(min(Cxy.shape), np.nan)
-    return np.clip(singular_values(M, precise=False), 0.0, 1.0)
+    return clip_correlations(singular_values(M, precise=False))
 
 
 def stats_from_sums(s: Sums, base: LinearFamily) -> dict[str, float]:
@@ -101,7 +114,11 @@ def stats_from_sums(s: Sums, base: LinearFamily) -> dict[str, float]:
     Cxy = s.Sxy - n * np.outer(mx, my)
     out = {"linear_cka": float(np.sum(Cxy**2) / np.sqrt(np.sum(Cxx**2) * np.sum(Cyy**2))),
            "linear_cka_debiased": debiased_cka_from_sums(s)}
-    rho = _cca_chol(Cxx, Cyy, Cxy, base.cca_reg)
+    if base.cca_reg > 0:
+        rho = _cca_chol(Cxx, Cyy, Cxy, base.cca_reg)
+    else:  # classical CCA in the full sample's numerical column spaces (leading rotated coordinates)
+        rx, ry = base.rank_x, base.rank_y
+        rho = _cca_chol(Cxx[:rx, :rx], Cyy[:ry, :ry], Cxy[:rx, :ry], 0.0)
     out["mean_cca"] = float(rho[: base.cca_components].mean())
     kx, ky = base.kx, base.ky
     out["svcca"] = float(_cca_chol(Cxx[:kx, :kx], Cyy[:ky, :ky], Cxy[:kx, :ky], 0.0).mean())
@@ -112,15 +129,19 @@ def stats_from_sums(s: Sums, base: LinearFamily) -> dict[str, float]:
 
 
 class BlockSums:
-    """``Sums`` of ``n_blocks`` random, nearly equal blocks of rows, stacked for the block bootstrap."""
+    """``Sums`` of ``n_blocks`` nearly equal blocks of rows (random, or given by ``blocks``), stacked."""
 
-    def __init__(self, X: np.ndarray, Y: np.ndarray, n_blocks: int, rng: np.random.Generator):
-        order = rng.permutation(X.shape[0])
+    def __init__(self, X: np.ndarray, Y: np.ndarray, n_blocks: int, rng: np.random.Generator | None = None,
+                 blocks: np.ndarray | None = None):
+        if blocks is None:
+            groups = np.array_split(rng.permutation(X.shape[0]), n_blocks)
+        else:
+            groups = [np.flatnonzero(blocks == b) for b in range(n_blocks)]
         self._fields: dict[str, np.ndarray] = {}
         # Filled block by block into preallocated stacks (no list of copies: half the peak memory);
         # the per-block products are small, so one thread is faster (see analysis._threads).
         with single_thread_blas():
-            for i, rows in enumerate(np.array_split(order, n_blocks)):
+            for i, rows in enumerate(groups):
                 for name, value in row_sums(X[rows], Y[rows]).__dict__.items():
                     value = np.asarray(value, dtype=np.float64)
                     if name not in self._fields:
@@ -134,6 +155,30 @@ class BlockSums:
         tot = {name: np.tensordot(counts, arr, axes=1) for name, arr in self._fields.items()}
         return [Sums(**{name: (float(v[r]) if v.ndim == 1 else v[r]) for name, v in tot.items()})
                 for r in range(counts.shape[0])]
+
+    def leave_one_out(self, block: int) -> Sums:
+        """Sums of every row outside ``block`` (totals minus that block's sums)."""
+        if not hasattr(self, "_totals"):
+            self._totals = {name: arr.sum(axis=0) for name, arr in self._fields.items()}
+        out = {}
+        for name, arr in self._fields.items():
+            v = self._totals[name] - arr[block]
+            out[name] = float(v) if arr.ndim == 1 else v
+        return Sums(**out)
+
+
+def jackknife_replicates(prepared: PreparedPair, blocks: np.ndarray, n_blocks: int) -> dict[str, np.ndarray]:
+    """Leave-one-group-out replicates of every statistic (``blocks``: (N,) group of each row).
+
+    Uses the centred, rotated rows of ``prepared``; each replicate is re-centred at its own mean,
+    SVCCA keeps the full sample's principal subspaces and unregularised CCA its numerical ranks.
+    """
+    sums = BlockSums(prepared.Xr, prepared.Yr, n_blocks, blocks=blocks)
+    reps: dict[str, list[float]] = {name: [] for name in STAT_NAMES}
+    for b in range(n_blocks):
+        for k, v in stats_from_sums(sums.leave_one_out(b), prepared.family).items():
+            reps[k].append(v)
+    return {k: np.asarray(v) for k, v in reps.items()}
 
 
 def n_bootstrap_blocks(n: int, dx: int, dy: int, max_blocks: int = 200, max_bytes: float = 1.5e9) -> int:

@@ -10,10 +10,16 @@ likewise for Y) and the rotated cross scatter T = Vx' Xc'Yc Vy:
 * debiased CKA (Song et al. 2012 unbiased HSIC; Nguyen et al. 2021): HSIC_u(K, L) /
   sqrt(HSIC_u(K, K) HSIC_u(L, L)) with K = X X', L = Y Y', evaluated from feature-space sums
   (``hsic_u``). It is translation invariant, so the bootstrap may use fixed-centred rows.
-* mean CCA (ridge CCA, Vinod 1976): singular values of
-  diag(wx + r_x)^-1/2 T diag(wy + r_y)^-1/2 with r = reg * mean(w), averaged over the top
-  ``n_components`` (default min(Dx, Dy)). In-sample CCA is biased upwards when D is not << N;
-  the permutation null mean shows by how much.
+* mean CCA: with ``cca_reg = 0`` (the default) classical CCA inside each space's numerical
+  column space (principal directions with eigenvalue > RANK_TOL x the largest; constant or
+  collinear features carry no direction), i.e. singular values of
+  diag(wx)^-1/2 T diag(wy)^-1/2 restricted to those directions, averaged over the top
+  ``n_components`` (default min(rank_x, rank_y)); an exact rotated copy scores 1. With
+  ``cca_reg = r > 0``, ridge CCA (Vinod 1976) over all directions: diag(wx + r mean(wx))^-1/2
+  T diag(wy + r mean(wy))^-1/2 and min(Dx, Dy) components; a rotated copy then scores
+  mean_j w_j / (w_j + r mean(w)) < 1 (0.9955 for reg 1e-4 on a 64-d Gaussian cloud), which is why
+  ridge is not the default. In-sample CCA is biased upwards when D is not << N; the permutation
+  null mean shows by how much (report the excess over it).
 * SVCCA (Raghu et al. 2017): keep the leading principal directions that explain ``keep`` of the
   variance in each space, then unregularised CCA between them; mean over min(kx, ky) correlations.
 * Procrustes (orthogonal, after centring and scaling each space to unit Frobenius norm; the
@@ -39,6 +45,10 @@ STAT_NAMES = ("linear_cka", "linear_cka_debiased", "mean_cca", "svcca", "procrus
 # Permuted cross products above this many multiply-adds use float32 (2x faster; the null draws
 # then carry ~1e-6 relative rounding, irrelevant for a p-value; observed values stay float64).
 FLOAT32_PERMUTATION_FLOPS = 2**30
+# Principal directions with eigenvalue <= RANK_TOL x the largest are numerically absent (constant or
+# collinear features; float32 inputs leave ~1e-14 relative noise there), so unregularised CCA skips them.
+RANK_TOL = 1e-10
+SNAP_TO_ONE = 1e-9
 
 
 def hsic_u(frob2: float, sq_diag: float, ss_x: float, ss_y: float, sa: float, sb: float, t3: float,
@@ -79,12 +89,28 @@ def n_keep(w: np.ndarray, keep: float) -> int:
     return int(min(w.size, np.searchsorted(np.cumsum(w) / total, keep - 1e-12) + 1))
 
 
+def clip_correlations(rho: np.ndarray) -> np.ndarray:
+    """Canonical correlations clipped to [0, 1], and values within SNAP_TO_ONE of 1 set to exactly 1.
+
+    When rank_x + rank_y >= N - 1 some correlations are 1 by construction (in-sample overfit); their
+    rounding noise (~1e-15) must not make a permutation null look variable (a histogram of draws
+    that differ by 1e-16 cannot be binned).
+    """
+    rho = np.clip(rho, 0.0, 1.0)
+    return np.where(rho > 1.0 - SNAP_TO_ONE, 1.0, rho)
+
+
 def canon_corr(T: np.ndarray, wx: np.ndarray, wy: np.ndarray, rx: float, ry: float, precise: bool = True) -> np.ndarray:
     """Canonical correlations from the rotated cross scatter and (ridge-shifted) eigenvalues."""
     with np.errstate(divide="ignore"):
         dx = np.where(wx + rx > 0, 1.0 / np.sqrt(wx + rx), 0.0)
         dy = np.where(wy + ry > 0, 1.0 / np.sqrt(wy + ry), 0.0)
-    return np.clip(singular_values(dx[:, None] * T * dy[None, :], precise), 0.0, 1.0)
+    return clip_correlations(singular_values(dx[:, None] * T * dy[None, :], precise))
+
+
+def numerical_rank(w: np.ndarray) -> int:
+    """Number of eigenvalues (descending, >= 0) above RANK_TOL x the largest; at least 1."""
+    return max(1, int(np.count_nonzero(w > RANK_TOL * w[0]))) if w.size and w[0] > 0 else 1
 
 
 def procrustes_from_nuclear(nuc: float, tr_x: float, tr_y: float) -> tuple[float, float]:
@@ -107,7 +133,9 @@ class LinearFamily:
         self.wx, self.Vx = eig_desc(Sxx)
         self.wy, self.Vy = eig_desc(Syy)
         self.cca_reg, self.svcca_keep = cca_reg, svcca_keep
-        n_max = min(self.wx.size, self.wy.size)
+        self.rank_x, self.rank_y = numerical_rank(self.wx), numerical_rank(self.wy)
+        # unregularised CCA lives in the numerical column spaces (see module docstring)
+        n_max = min(self.wx.size, self.wy.size) if cca_reg > 0 else min(self.rank_x, self.rank_y)
         self.cca_components = n_max if cca_components is None else min(cca_components, n_max)
         self.kx, self.ky = n_keep(self.wx, svcca_keep), n_keep(self.wy, svcca_keep)
         self.h_xx = self.h_yy = float("nan")
@@ -134,7 +162,11 @@ class LinearFamily:
                     h_xy = hsic_u(frob2, sab, 0.0, 0.0, self.sa, self.sb, sab, self.n)
                     out["linear_cka_debiased"] = h_xy / np.sqrt(self.h_xx * self.h_yy)
             if "mean_cca" in which:
-                rho = canon_corr(T, wx, wy, self.cca_reg * wx.mean(), self.cca_reg * wy.mean(), precise)
+                if self.cca_reg > 0:
+                    rho = canon_corr(T, wx, wy, self.cca_reg * wx.mean(), self.cca_reg * wy.mean(), precise)
+                else:
+                    rx, ry = self.rank_x, self.rank_y
+                    rho = canon_corr(T[:rx, :ry], wx[:rx], wy[:ry], 0.0, 0.0, precise)
                 out["mean_cca"] = float(rho[: self.cca_components].mean())
             if "svcca" in which:
                 # Plain CCA inside the kept principal subspaces (all kept eigenvalues are > 0).

@@ -40,3 +40,19 @@ def zscore_features(X: np.ndarray) -> np.ndarray:
         raise ValueError(f"X: expected a 2-D (N, D) array, got shape {X.shape}")
     std = X.std(axis=0)
     return ((X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)).astype(np.float32)
+
+
+def zscore_fitted(X: np.ndarray, fit_rows: np.ndarray | None = None) -> np.ndarray:
+    """Each column minus the mean and over the std of the ``fit_rows`` only (all rows if None), float64.
+
+    For held-out evaluation (retrieval test rows, CV test folds): the scaling is a fitted step and
+    must not see the rows it is evaluated on. Columns constant on the fit rows are only centred.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"X: expected a 2-D (N, D) array, got shape {X.shape}")
+    fit = X if fit_rows is None else X[np.asarray(fit_rows)]
+    if fit.shape[0] < 2:
+        raise ValueError(f"fit_rows: expected at least 2 rows to fit the scaling on, got {fit.shape[0]}")
+    std = fit.std(axis=0)
+    return (X - fit.mean(axis=0)) / np.where(std > 0, std, 1.0)

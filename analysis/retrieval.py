@@ -21,7 +21,8 @@ from analysis.linear_maps import DEFAULT_ALPHAS, DEFAULT_CCA_REGS, CcaMap, Linea
 from analysis.neighbors import chunk_rows, normalize_rows
 
 __all__ = ["CcaMap", "LinearMap", "fit_cca_map", "fit_ridge_map", "retrieval_metrics", "cross_modal_retrieval",
-           "metrics_from_counts", "rank_counts", "project_for_retrieval", "random_split", "harmonic"]
+           "metrics_from_counts", "rank_counts", "project_for_retrieval", "fit_retrieval_maps", "RetrievalMaps",
+           "random_split", "harmonic"]
 DEFAULT_KS = (1, 5, 10)
 
 
@@ -84,29 +85,71 @@ def retrieval_metrics(Q: np.ndarray, G: np.ndarray, ks: Sequence[int] = DEFAULT_
     return metrics_from_counts(greater, ties, n, ks)
 
 
+class RetrievalMaps:
+    """Maps fitted on training rows (``fit_retrieval_maps``); ``project`` applies them to any test rows."""
+
+    def __init__(self, method: str, scaling: tuple | None, maps: tuple, fit: dict):
+        self.method, self._scaling, self._maps, self.fit = method, scaling, maps, fit
+
+    def project(self, X_test: np.ndarray, Y_test: np.ndarray) -> dict:
+        """{"audio_to_symbolic": (queries, gallery), "symbolic_to_audio": (queries, gallery), "fit": {...}}."""
+        if self._scaling is not None:
+            (mx, sx), (my, sy) = self._scaling
+            X_test, Y_test = (X_test - mx) / sx, (Y_test - my) / sy
+        if self.method == "ridge":
+            a2m, m2a, my_, mx_ = self._maps
+            return {"audio_to_symbolic": (a2m.transform(X_test) - my_, Y_test - my_),
+                    "symbolic_to_audio": (m2a.transform(Y_test) - mx_, X_test - mx_), "fit": self.fit}
+        (cca,) = self._maps
+        Px, Py = cca.transform_x(X_test), cca.transform_y(Y_test)
+        return {"audio_to_symbolic": (Px, Py), "symbolic_to_audio": (Py, Px), "fit": self.fit}
+
+
+def _train_scaling(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    sd = Z.std(0)
+    return Z.mean(0), np.where(sd > 0, sd, 1.0)
+
+
+def fit_retrieval_maps(X_train: np.ndarray, Y_train: np.ndarray, method: str = "ridge",
+                       alpha: float | Sequence[float] = DEFAULT_ALPHAS, n_components: int | None = None,
+                       reg: float | Sequence[float] = DEFAULT_CCA_REGS, seed: SeedLike = 0,
+                       standardize: bool = False) -> RetrievalMaps:
+    """Fit the retrieval maps on training rows only (see ``project_for_retrieval`` for what they are).
+
+    ``standardize=True``: each feature is z-scored with the training rows' mean and std first, and
+    ``project`` applies the same scaling to test rows (no test row informs it).
+    """
+    check_choice("method", method, ("ridge", "cca"))
+    Xtr, Ytr = np.asarray(X_train, dtype=np.float64), np.asarray(Y_train, dtype=np.float64)
+    scaling = None
+    if standardize:
+        scaling = (_train_scaling(Xtr), _train_scaling(Ytr))
+        Xtr, Ytr = (Xtr - scaling[0][0]) / scaling[0][1], (Ytr - scaling[1][0]) / scaling[1][1]
+    if method == "ridge":
+        a2m, m2a = fit_ridge_map(Xtr, Ytr, alpha), fit_ridge_map(Ytr, Xtr, alpha)
+        return RetrievalMaps(method, scaling, (a2m, m2a, Ytr.mean(0), Xtr.mean(0)),
+                             {"alpha_rel_audio_to_symbolic": a2m.alpha_rel,
+                              "alpha_rel_symbolic_to_audio": m2a.alpha_rel})
+    cca = fit_cca_map(Xtr, Ytr, n_components, reg, seed=seed)
+    return RetrievalMaps(method, scaling, (cca,), {"n_components": int(cca.correlations.size), "reg_rel": cca.reg,
+                                                   "train_canonical_correlations": cca.correlations})
+
+
 def project_for_retrieval(X_audio: np.ndarray, Y_midi: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
                           method: str = "ridge", alpha: float | Sequence[float] = DEFAULT_ALPHAS,
                           n_components: int | None = None, reg: float | Sequence[float] = DEFAULT_CCA_REGS,
-                          seed: SeedLike = 0) -> dict:
+                          seed: SeedLike = 0, standardize: bool = False) -> dict:
     """Fit on train rows; return (queries, gallery) per direction on test rows, centred for cosine.
 
     ridge: audio->MIDI queries are X_test mapped into MIDI space, the gallery is Y_test (both
     minus the training MIDI mean); a separate ridge map serves MIDI->audio. cca: both spaces are
     projected once into the shared canonical space, used in both directions.
+    ``standardize=True`` z-scores each feature with the training rows' mean and std first
+    (as ``analysis.pooling.zscore_fitted``), so no test row informs the scaling.
     """
-    check_choice("method", method, ("ridge", "cca"))
-    Xtr, Ytr, Xte, Yte = X_audio[train_idx], Y_midi[train_idx], X_audio[test_idx], Y_midi[test_idx]
-    if method == "ridge":
-        a2m, m2a = fit_ridge_map(Xtr, Ytr, alpha), fit_ridge_map(Ytr, Xtr, alpha)
-        my, mx = Ytr.mean(0), Xtr.mean(0)
-        return {"audio_to_symbolic": (a2m.transform(Xte) - my, Yte - my),
-                "symbolic_to_audio": (m2a.transform(Yte) - mx, Xte - mx),
-                "fit": {"alpha_rel_audio_to_symbolic": a2m.alpha_rel, "alpha_rel_symbolic_to_audio": m2a.alpha_rel}}
-    cca = fit_cca_map(Xtr, Ytr, n_components, reg, seed=seed)
-    Px, Py = cca.transform_x(Xte), cca.transform_y(Yte)
-    return {"audio_to_symbolic": (Px, Py), "symbolic_to_audio": (Py, Px),
-            "fit": {"n_components": int(cca.correlations.size), "reg_rel": cca.reg,
-                    "train_canonical_correlations": cca.correlations}}
+    maps = fit_retrieval_maps(X_audio[train_idx], Y_midi[train_idx], method, alpha, n_components, reg, seed,
+                              standardize)
+    return maps.project(X_audio[test_idx], Y_midi[test_idx])
 
 
 def random_split(n: int, test_fraction: float, seed: SeedLike) -> tuple[np.ndarray, np.ndarray]:
@@ -121,14 +164,15 @@ def cross_modal_retrieval(X_audio: np.ndarray, Y_midi: np.ndarray, train_idx: np
                           test_idx: np.ndarray | None = None, method: str = "ridge", seed: SeedLike = 0, *,
                           alpha: float | Sequence[float] = DEFAULT_ALPHAS, n_components: int | None = None,
                           reg: float | Sequence[float] = DEFAULT_CCA_REGS, ks: Sequence[int] = DEFAULT_KS,
-                          test_fraction: float = 0.5) -> dict:
+                          test_fraction: float = 0.5, standardize: bool = False) -> dict:
     """Audio->MIDI and MIDI->audio retrieval on held-out recordings after a linear map.
 
     Give ``train_idx``/``test_idx`` (disjoint; e.g. split by piece/composer so that no piece is
     on both sides) or neither, in which case a uniform random split with ``test_fraction`` is
     drawn from ``seed``; ``seed`` also sets the folds that choose the CCA penalty. ``alpha``
     (ridge) and ``reg`` (CCA) are relative penalties; grids are searched on training rows only
-    (``analysis.linear_maps``). Returns both directions' metrics.
+    (``analysis.linear_maps``). ``standardize``: z-score features with training-row statistics
+    (see ``project_for_retrieval``). Returns both directions' metrics.
     """
     X = as_matrix("X_audio", X_audio)
     Y = as_matrix("Y_midi", Y_midi)
@@ -142,7 +186,7 @@ def cross_modal_retrieval(X_audio: np.ndarray, Y_midi: np.ndarray, train_idx: np
     if np.intersect1d(train_idx, test_idx).size:
         shared = np.intersect1d(train_idx, test_idx).size
         raise ValueError(f"train_idx, test_idx: expected disjoint sets, got {shared} shared rows")
-    proj = project_for_retrieval(X, Y, train_idx, test_idx, method, alpha, n_components, reg, seed)
+    proj = project_for_retrieval(X, Y, train_idx, test_idx, method, alpha, n_components, reg, seed, standardize)
     out = {"method": method, "n_train": int(train_idx.size), "n_test": int(test_idx.size), "fit": proj["fit"]}
     for direction in ("audio_to_symbolic", "symbolic_to_audio"):
         out[direction] = retrieval_metrics(*proj[direction], ks=ks)

@@ -171,27 +171,30 @@ def rsa(X: np.ndarray, Y: np.ndarray, metric: str = "cosine", max_n: int | None 
     return {"value": value, "metric": metric, "centre": bool(centre), **subsample_info(X.shape[0], idx)}
 
 
-def _family(X: np.ndarray, Y: np.ndarray, which: tuple[str, ...], *, cca_reg: float = 1e-4,
+def _family(X: np.ndarray, Y: np.ndarray, which: tuple[str, ...], *, cca_reg: float = 0.0,
             cca_components: int | None = None, svcca_keep: float = 0.99) -> tuple[dict, lf.PreparedPair]:
     pair = lf.PreparedPair(X, Y, cca_reg=cca_reg, cca_components=cca_components, svcca_keep=svcca_keep)
     return pair.stats(which=which), pair
 
 
-def mean_cca(X: np.ndarray, Y: np.ndarray, n_components: int | None = None, reg: float = 1e-4) -> dict:
-    """Mean of the top ``n_components`` canonical correlations (default all min(Dx, Dy)).
+def mean_cca(X: np.ndarray, Y: np.ndarray, n_components: int | None = None, reg: float = 0.0) -> dict:
+    """Mean of the top ``n_components`` canonical correlations.
 
-    Ridge CCA: each covariance gets reg * mean(eigenvalues) added to its diagonal, which keeps
-    rank-deficient spaces (N < D, collinear features) well defined; reg = 0 is classical CCA.
-    In-sample CCA overfits when D is not << N (random data gives large correlations), so read it
-    against the permutation null.
+    ``reg = 0`` (default): classical CCA inside each space's numerical column space (constant or
+    collinear features add no direction), over min(rank_x, rank_y) components by default, so an
+    exact rotated copy scores 1 even with constant columns. ``reg > 0``: ridge CCA, each covariance
+    gets reg * mean(eigenvalues) on its diagonal, over min(Dx, Dy) components (a rotated copy then
+    scores below 1). In-sample CCA overfits when D is not << N (random data gives large
+    correlations, all 1 when N <= D), so read it as the excess over the permutation null.
+    ``n_components`` in the result is the number averaged.
     """
     X, Y = _paired(X, Y)
     check_real("reg", reg, 0.0, np.inf, high_open=True)
     if n_components is not None:
         check_int("n_components", n_components, minimum=1)
-    stats, _ = _family(X, Y, ("mean_cca",), cca_reg=reg, cca_components=n_components)
-    n_used = min(X.shape[1], Y.shape[1]) if n_components is None else min(n_components, X.shape[1], Y.shape[1])
-    return {"value": stats["mean_cca"], "n_components": n_used, "reg": float(reg), **_full(X.shape[0])}
+    stats, pair = _family(X, Y, ("mean_cca",), cca_reg=reg, cca_components=n_components)
+    return {"value": stats["mean_cca"], "n_components": pair.family.cca_components, "reg": float(reg),
+            **_full(X.shape[0])}
 
 
 def svcca(X: np.ndarray, Y: np.ndarray, keep: float = 0.99) -> dict:

@@ -7,13 +7,17 @@
   and is a valid (slightly conservative) p-value for Monte Carlo permutations.
 * Bootstrap (``bootstrap_ci``): resample recordings (the same row indices in X and Y) with
   replacement and take the percentile interval of the replicates (Efron & Tibshirani 1993, ch. 13).
-  Duplicated rows are harmless for smooth moment statistics (CKA, CCA, Procrustes) but make a
-  row its own exact neighbour for neighbour/distance statistics (kNN, RDMs): use
-  ``duplicates="drop"`` there (each replicate keeps the distinct resampled rows, a random ~63%
-  subsample without replacement; that interval is somewhat too narrow, by about sqrt(0.58), since
-  a subsample of m of n rows has variance (1/m - 1/n) sigma^2), or better bootstrap per-row scores
-  with ``bootstrap_mean_ci`` as ``analysis.compare`` does.
-* ``paired_difference_test``: two media scored on the same units (folds or recordings).
+  Valid for smooth statistics of i.i.d. rows whose value does not care that a row appears twice
+  (a mean of per-row scores). It is NOT valid for pairing or neighbour statistics: a duplicated
+  pair is a perfectly matched pair (CKA, CCA, Procrustes rise in every replicate, even for
+  independent spaces), a duplicated row is its own nearest neighbour at distance 0 (kNN, RDMs),
+  and ``duplicates="drop"`` does not repair that: the replicate then has ~63% of the rows, and
+  neighbour statistics among fewer rows are larger too (chance level k/(m-1) grows), so the
+  interval is shifted upwards as well. For those statistics use the delete-a-group jackknife
+  (``analysis.jackknife.jackknife_ci``, which recomputes the statistic, neighbour lists
+  included, on the rows outside each group), as ``analysis.compare`` does.
+* ``paired_difference_test``: two media scored on the same units (folds or recordings);
+  ``sign_flip_test``: its randomisation p-value on its own.
 """
 
 from __future__ import annotations
@@ -137,7 +141,8 @@ def bootstrap_ci(stat_fn: Callable[[np.ndarray, np.ndarray], Any], X: np.ndarray
     """Percentile bootstrap CI for ``stat_fn(X, Y)``, resampling recordings (rows of both together).
 
     Returns ``estimate`` (full sample), ``ci_lo``, ``ci_hi``, ``replicates``, ``n_boot``, ``level``,
-    ``duplicates``. See the module docstring for ``duplicates`` (use "drop" for kNN/RDM statistics).
+    ``duplicates``. Not for pairing or neighbour statistics, with either ``duplicates`` setting (see
+    the module docstring; use ``analysis.jackknife.jackknife_ci``).
     200 replicates give percentile endpoints with Monte Carlo error of roughly 0.1 SE at 95 %.
     """
     X = as_matrix("X", X)
@@ -174,6 +179,36 @@ def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, seed: SeedLike = 0
             "n_boot": n_boot, "level": float(level)}
 
 
+def sign_flip_test(d: np.ndarray, n_permutations: int = 10000, seed: SeedLike = 0) -> tuple[float, bool]:
+    """Two-sided sign-flip randomisation p-value of mean(d) against 0; returns (p, exact).
+
+    H0: each d_i is symmetric about 0 (e.g. the two media's scores on unit i are exchangeable).
+    When 2^n <= n_permutations (n <= 20) all sign vectors are enumerated: p = #{|null| >= |obs|} / 2^n,
+    exact, smallest 2 / 2^n. Otherwise Monte Carlo with the +1 correction (never 0). All-zero d: p = 1.
+    """
+    d = np.asarray(d, dtype=np.float64)
+    if d.ndim != 1 or d.size < 1 or not np.all(np.isfinite(d)):
+        raise ValueError(f"d: expected a non-empty 1-D array of finite differences, got shape {d.shape}")
+    n_permutations = check_int("n_permutations", n_permutations, minimum=1)
+    n = d.size
+    obs = float(d.mean())
+    if not np.any(d):
+        return 1.0, n <= 20 and 2**n <= n_permutations
+    if n <= 20 and 2**n <= n_permutations:
+        signs = 1.0 - 2.0 * ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1)
+        null = signs @ d / n
+        tol = 1e-12 * max(1.0, abs(obs))
+        return float(np.mean(np.abs(null) >= abs(obs) - tol)), True
+    rng = as_generator(seed)
+    null = np.empty(n_permutations)
+    batch = max(1, 2**22 // n)
+    for start in range(0, n_permutations, batch):
+        m = min(batch, n_permutations - start)
+        signs = 1.0 - 2.0 * rng.integers(0, 2, size=(m, n))
+        null[start:start + m] = signs @ d / n
+    return permutation_p_value(obs, null, "two-sided"), False
+
+
 def paired_difference_test(a_scores: np.ndarray, b_scores: np.ndarray, seed: SeedLike = 0,
                            n_permutations: int = 10000, level: float = 0.95) -> dict:
     """Compare two media scored on the same units (CV folds or recordings): d_i = a_i - b_i.
@@ -193,24 +228,10 @@ def paired_difference_test(a_scores: np.ndarray, b_scores: np.ndarray, seed: See
                          f"got shapes {a.shape} and {b.shape}")
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         raise ValueError("a_scores, b_scores: expected finite values, got NaN/inf")
-    n_permutations = check_int("n_permutations", n_permutations, minimum=1)
     d = a - b
     n = d.size
     obs = float(d.mean())
-    if n <= 20 and 2**n <= n_permutations:
-        signs = 1.0 - 2.0 * ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1)
-        null = signs @ d / n
-        tol = 1e-12 * max(1.0, abs(obs))
-        p_perm, exact = float(np.mean(np.abs(null) >= abs(obs) - tol)), True
-    else:
-        rng = as_generator(seed)
-        null = np.empty(n_permutations)
-        batch = max(1, 2**22 // n)
-        for start in range(0, n_permutations, batch):
-            m = min(batch, n_permutations - start)
-            signs = 1.0 - 2.0 * rng.integers(0, 2, size=(m, n))
-            null[start:start + m] = signs @ d / n
-        p_perm, exact = permutation_p_value(obs, null, "two-sided"), False
+    p_perm, exact = sign_flip_test(d, n_permutations, seed)
     sd = float(d.std(ddof=1))
     half = float(sps.t.ppf(0.5 + level / 2.0, n - 1) * sd / np.sqrt(n))
     if np.any(d != 0):

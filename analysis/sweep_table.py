@@ -1,4 +1,4 @@
-"""The sweep's answer: audio against symbolic per label, from per-seed test scores (pure functions).
+"""The sweep's answer: audio against symbolic per label, from per-seed test results (pure functions).
 
 Input: one record per swept (medium, embedder, label), as ``ray_jobs.sweep`` writes it after
 retraining the best configuration over seeds and scoring each seed once on the test split::
@@ -8,27 +8,38 @@ retraining the best configuration over seeds and scoring each seed once on the t
      "seeds": [0, 1, 2], "test_scores": [0.61, 0.64, 0.60],     # one test score per seed
      "baseline": 0.11,                                          # majority class / train-mean predictor
      "shuffled_scores": [0.09, 0.12, 0.10],                     # same config trained on shuffled labels
-     "best_config": {...}, "best_val": 0.66, "n_trials": 20, "n_test": 45}
+     "best_config": {...}, "best_val": 0.66, "n_trials": 20, "n_test": 45,
+     # per-item fields (what the item-level verdict needs; records without them get no verdict):
+     "test_ids_sha256": "9f2c...",       # ``test_ids_sha256(test ids)``: both media must carry the same
+     "test_ids": ["r3", "r7", ...],      # optional: the item order below (default: sorted test ids)
+     "test_targets": ["bach", ...],      # (n_items,) true label per test item
+     "test_predictions": [[...], ...]}   # (n_seeds, n_items) prediction per seed (order of "seeds") and item
 
 Statistics, and what they do and do not say:
 
-* Each medium: mean over seeds with a Student-t 95% interval. Seeds vary the initialisation and
-  batch order (and the split only when the store has no ``split`` column); the test recordings
-  stay the same, so the interval shows training variability, not how much the number would move
-  on other recordings. That is said beside every table.
-* Audio - symbolic: seeds are paired (seed k trains both media with the same seed on the same
-  split), so the difference uses ``analysis.stats.paired_difference_test`` on per-seed
-  differences: a t interval and an exact sign-flip p-value (its smallest possible value with n
-  seeds is 2 / 2^n: 0.0625 for 5 seeds, so the interval is the main statement).
+* Records compared with each other must hold the same test items: different ``test_ids_sha256``
+  (or one record without it) raise ``TestSetMismatch``; records without any hash are compared as
+  before, marked "test set not verified".
+* Each medium: ``{side}_ci_lo/hi`` includes test-sampling error and stays inside the metric's
+  range: with per-item predictions the crossed items x seeds t interval (``analysis.paired_tests``)
+  and, for accuracy, the wider of it and Wilson's interval over the items; without them Wilson over ``n_test`` (accuracy) or,
+  for R^2, only the seed interval (``{side}_ci_method`` says which). ``{side}_seed_lo/hi``: the
+  Student-t interval over seeds (training variability on one test set), clipped to the range.
+* Audio - symbolic (``difference``): with per-item predictions of both, the item-level paired
+  test of ``analysis.paired_tests`` (crossed items x seeds t: interval and p; McNemar's p
+  for accuracy in ``mcnemar_p``). ``p_holm``: Holm over the item-level p-values of all rows of the
+  table (the family). The verdict names a winner only when ``p_holm`` <= 0.05. Without per-item
+  predictions the row shows the seed-paired difference (t interval, sign-flip p over seeds:
+  training variability only) and the verdict says that no item-level test was possible.
 * Flags (``control_flags``): a medium whose seed interval does not lie above its shuffled-label
   control's mean (or, for classification, above the majority-class baseline) is flagged; its
   number says nothing about the label. For classification the test-sampling error is also
-  checked (Wilson interval over the ``n_test`` test items): an edge over the baseline smaller
-  than that is flagged too. Regression has no such check (it would need per-item predictions).
+  checked (Wilson interval over the ``n_test`` test items).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -37,25 +48,42 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from analysis.multiplicity import holm
+from analysis.paired_tests import accuracy_interval, paired_classification_test, paired_regression_test, r2_interval
+from analysis.paired_tests import wilson_interval as _wilson
 from analysis.stats import paired_difference_test
 
 AUDIO, SYMBOLIC = "audio_embeddings", "symbolic_embeddings"
+ALPHA = 0.05
+METRIC_BOUNDS = {"accuracy": (0.0, 1.0), "r2": (-math.inf, 1.0)}
 BASELINE_NAMES = {"classification": "majority class", "regression": "train-mean predictor"}
 REQUIRED = ("medium", "embedder", "label", "task", "metric", "seeds", "test_scores", "baseline", "shuffled_scores")
+ITEM_KEYS = ("test_predictions", "test_targets")
+_SIDE_KEYS = ("embedder", "mean", "ci_lo", "ci_hi", "ci_method", "seed_lo", "seed_hi", "baseline", "shuffled", "flags",
+              "n_test", "sampling_lo", "sampling_hi", "best_val", "config")
 COLUMNS = (
     "label", "task", "metric",
-    "audio_embedder", "audio_mean", "audio_ci_lo", "audio_ci_hi", "audio_baseline", "audio_shuffled",
-    "audio_flags", "audio_n_test", "audio_sampling_lo", "audio_sampling_hi", "audio_best_val", "audio_config",
-    "symbolic_embedder", "symbolic_mean", "symbolic_ci_lo", "symbolic_ci_hi", "symbolic_baseline",
-    "symbolic_shuffled", "symbolic_flags", "symbolic_n_test", "symbolic_sampling_lo", "symbolic_sampling_hi",
-    "symbolic_best_val", "symbolic_config",
-    "difference", "difference_ci_lo", "difference_ci_hi", "p_value", "n_seeds", "verdict",
+    *(f"audio_{k}" for k in _SIDE_KEYS), *(f"symbolic_{k}" for k in _SIDE_KEYS),
+    "difference", "difference_ci_lo", "difference_ci_hi", "difference_method", "p_value", "p_holm", "mcnemar_p",
+    "n_items", "n_seeds", "test_set", "verdict",
 )
 
 
 
-def seed_interval(values: Sequence[float], level: float = 0.95) -> dict:
-    """Mean, sample sd and Student-t interval of per-seed scores (bounds NaN with fewer than 2 seeds)."""
+class TestSetMismatch(ValueError):
+    """Two records set against each other were scored on different test items."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+
+def test_ids_sha256(ids: Iterable[Any]) -> str:
+    """The hash every record carries: sha256 of the sorted test ids (as str) joined by newlines."""
+    return hashlib.sha256("\n".join(sorted(str(i) for i in ids)).encode()).hexdigest()
+
+
+def seed_interval(values: Sequence[float], level: float = 0.95,
+                  bounds: tuple[float, float] = (-math.inf, math.inf)) -> dict:
+    """Mean, sample sd and Student-t interval of per-seed scores, clipped to ``bounds`` (NaN with 1 seed)."""
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1 or v.size == 0:
         raise ValueError(f"values: expected a non-empty 1-D list of per-seed scores, got shape {v.shape}")
@@ -68,7 +96,8 @@ def seed_interval(values: Sequence[float], level: float = 0.95) -> dict:
         return {"mean": mean, "sd": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "n": 1}
     sd = float(v.std(ddof=1))
     half = float(sps.t.ppf(0.5 + level / 2, v.size - 1) * sd / math.sqrt(v.size))
-    return {"mean": mean, "sd": sd, "ci_lo": mean - half, "ci_hi": mean + half, "n": int(v.size)}
+    return {"mean": mean, "sd": sd, "ci_lo": float(np.clip(mean - half, *bounds)),
+            "ci_hi": float(np.clip(mean + half, *bounds)), "n": int(v.size)}
 
 
 def _as_scores(value: Any) -> np.ndarray:
@@ -82,10 +111,7 @@ def wilson_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[float
         raise ValueError(f"accuracy: expected a value in [0, 1], got {accuracy}")
     if n < 1:
         raise ValueError(f"n: expected at least 1 test item, got {n}")
-    z = float(sps.norm.ppf(0.5 + level / 2))
-    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
-    return centre - half, centre + half
+    return _wilson(accuracy * n, int(n), level)
 
 
 def control_flags(test_scores: Sequence[float], baseline: float, shuffled_scores: Sequence[float] | float,
@@ -115,22 +141,92 @@ def control_flags(test_scores: Sequence[float], baseline: float, shuffled_scores
     return flags
 
 
-def compare_media(audio: dict, symbolic: dict, level: float = 0.95) -> dict:
-    """Audio - symbolic on the seeds both records share (paired by seed)."""
-    a_by_seed = dict(zip(audio["seeds"], _as_scores(audio["test_scores"])))
-    s_by_seed = dict(zip(symbolic["seeds"], _as_scores(symbolic["test_scores"])))
-    common = [s for s in audio["seeds"] if s in s_by_seed]
+def _name(record: dict) -> str:
+    return f"{record.get('medium')}/{record.get('embedder')}/{record.get('label')}"
+
+
+def check_same_test_set(audio: dict, symbolic: dict) -> str:
+    """"verified" when both records carry the same ``test_ids_sha256``, "not verified" when neither does.
+
+    Raises TestSetMismatch when the hashes differ or only one record has one.
+    """
+    ha, hs = audio.get("test_ids_sha256"), symbolic.get("test_ids_sha256")
+    if ha is None and hs is None:
+        return "not verified"
+    if ha != hs:
+        raise TestSetMismatch(f"label {audio['label']!r}: {_name(audio)} was scored on test set {str(ha)[:12]} and "
+                              f"{_name(symbolic)} on {str(hs)[:12]}; media are compared only on the same test items "
+                              "(rows valid in both media, one split)")
+    return "verified"
+
+
+def _item_grid(record: dict) -> tuple[np.ndarray, np.ndarray, list]:
+    """(predictions (S, n), targets (n,), item ids or None) of a record, seeds in the record's order."""
+    preds = np.asarray(record["test_predictions"])
+    targets = np.asarray(record["test_targets"])
+    if preds.ndim != 2 or preds.shape != (len(record["seeds"]), targets.size):
+        raise ValueError(f"sweep record {_name(record)}: test_predictions must be (n_seeds={len(record['seeds'])}, "
+                         f"n_items={targets.size}), got shape {preds.shape}")
+    ids = record.get("test_ids")
+    if ids is not None and len(ids) != targets.size:
+        raise ValueError(f"sweep record {_name(record)}: {len(ids)} test_ids but {targets.size} test_targets")
+    return preds, targets, ids
+
+
+def _aligned(audio: dict, symbolic: dict, common: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both media's predictions on the shared seeds (audio's order) and items (audio's order)."""
+    pa, ta, ia = _item_grid(audio)
+    ps, ts, is_ = _item_grid(symbolic)
+    if ta.size != ts.size:
+        raise TestSetMismatch(f"label {audio['label']!r}: {ta.size} audio test items but {ts.size} symbolic ones")
+    if ia is not None and is_ is not None:
+        where = {str(i): j for j, i in enumerate(is_)}
+        missing = [i for i in ia if str(i) not in where]
+        if missing:
+            raise TestSetMismatch(f"label {audio['label']!r}: audio test items {missing[:3]} are not among the "
+                                  "symbolic record's test_ids")
+        order = np.array([where[str(i)] for i in ia])
+        ps, ts = ps[:, order], ts[order]
+    if not np.array_equal(ta.astype(str), ts.astype(str)):
+        raise TestSetMismatch(f"label {audio['label']!r}: the two records' test_targets differ item by item, so "
+                              "their items are not in the same order")
+    sa = [list(audio["seeds"]).index(s) for s in common]
+    ss = [list(symbolic["seeds"]).index(s) for s in common]
+    return pa[sa], ps[ss], ta
+
+
+def compare_media(audio: dict, symbolic: dict, level: float = 0.95, seed: int = 0) -> dict:
+    """Audio - symbolic on the seeds both records share: item-level paired test, or seeds only.
+
+    Returns difference, ci_lo, ci_hi, p_value, method, mcnemar_p, n_items, n_seeds, test_set.
+    Raises TestSetMismatch (different test items) and ValueError (no shared seed).
+    """
+    test_set = check_same_test_set(audio, symbolic)
+    s_seeds = set(symbolic["seeds"])
+    common = [s for s in audio["seeds"] if s in s_seeds]
     if not common:
         raise ValueError(f"label {audio['label']!r}: audio seeds {audio['seeds']} and symbolic seeds "
                          f"{symbolic['seeds']} share none, so the media cannot be paired")
+    base = {"mcnemar_p": math.nan, "n_items": math.nan, "n_seeds": len(common), "test_set": test_set}
+    if all(k in audio for k in ITEM_KEYS) and all(k in symbolic for k in ITEM_KEYS):
+        pa, ps, targets = _aligned(audio, symbolic, common)
+        if audio["task"] == "classification":
+            t = paired_classification_test(pa, ps, targets, level=level, seed=seed)
+            base["mcnemar_p"] = t["mcnemar"]["p_value"]
+        else:
+            t = paired_regression_test(pa.astype(float), ps.astype(float), targets.astype(float), level=level, seed=seed)
+        return {**base, "difference": t["difference"], "ci_lo": t["ci_lo"], "ci_hi": t["ci_hi"],
+                "p_value": t["p_value"], "n_items": t["n_items"], "method": "items x seeds", "test": t}
+    a_by_seed = dict(zip(audio["seeds"], _as_scores(audio["test_scores"])))
+    s_by_seed = dict(zip(symbolic["seeds"], _as_scores(symbolic["test_scores"])))
     a = np.array([a_by_seed[s] for s in common])
     b = np.array([s_by_seed[s] for s in common])
     if len(common) < 2:
-        return {"difference": float(a[0] - b[0]), "ci_lo": math.nan, "ci_hi": math.nan, "p_value": math.nan,
-                "n_seeds": 1}
+        return {**base, "difference": float(a[0] - b[0]), "ci_lo": math.nan, "ci_hi": math.nan, "p_value": math.nan,
+                "method": "one seed"}
     test = paired_difference_test(a, b, level=level)
-    return {"difference": test["mean_difference"], "ci_lo": test["ci_lo"], "ci_hi": test["ci_hi"],
-            "p_value": test["p_value"], "n_seeds": len(common)}
+    return {**base, "difference": test["mean_difference"], "ci_lo": test["ci_lo"], "ci_hi": test["ci_hi"],
+            "p_value": test["p_value"], "method": "seeds only"}
 
 
 def verdict(row: dict) -> str:
@@ -139,30 +235,35 @@ def verdict(row: dict) -> str:
     for side in ("audio", "symbolic"):
         if row.get(f"{side}_flags"):
             parts.append(f"{side}: {row[f'{side}_flags']}")
-    diff, lo, hi = row.get("difference"), row.get("difference_ci_lo"), row.get("difference_ci_hi")
+    diff, method, p_holm = row.get("difference"), row.get("difference_method"), row.get("p_holm")
     if diff is None or not np.isfinite(diff):
         parts.append("only one medium swept: no comparison")
-    elif not (np.isfinite(lo) and np.isfinite(hi)):
-        parts.append("one seed: no interval on the difference (use --seeds >= 2)")
-    elif lo > 0:
-        parts.append("audio higher across seeds (paired interval above 0)")
-    elif hi < 0:
-        parts.append("symbolic higher across seeds (paired interval below 0)")
+    elif method == "one seed":
+        parts.append("one seed and no per-item predictions: no test (use --seeds >= 2)")
+    elif method == "seeds only":
+        parts.append("no item-level test (records lack per-item test predictions); the seed-paired difference "
+                     "shows training variability only")
+    elif p_holm is not None and np.isfinite(p_holm) and p_holm <= ALPHA:
+        winner = "audio" if diff > 0 else "symbolic"
+        parts.append(f"{winner} higher (item-level paired test, Holm-adjusted p = {p_holm:.3g})")
     else:
-        parts.append("no clear difference (paired interval includes 0)")
+        parts.append("no clear difference (item-level paired test, Holm-adjusted p > 0.05)")
     return "; ".join(parts)
 
 
 def _check_record(record: dict) -> None:
     missing = [k for k in REQUIRED if k not in record]
     if missing:
-        raise ValueError(f"sweep record {record.get('medium')}/{record.get('embedder')}/{record.get('label')}: "
-                         f"missing keys {missing}")
+        raise ValueError(f"sweep record {_name(record)}: missing keys {missing}")
     if record["medium"] not in (AUDIO, SYMBOLIC):
         raise ValueError(f"sweep record: medium must be {AUDIO!r} or {SYMBOLIC!r}, got {record['medium']!r}")
     if len(record["seeds"]) != len(_as_scores(record["test_scores"])):
-        raise ValueError(f"sweep record {record['medium']}/{record['embedder']}/{record['label']}: "
+        raise ValueError(f"sweep record {_name(record)}: "
                          f"{len(record['seeds'])} seeds but {len(_as_scores(record['test_scores']))} test scores")
+    if any(k in record for k in ITEM_KEYS) and not all(k in record for k in ITEM_KEYS):
+        raise ValueError(f"sweep record {_name(record)}: per-item results need both {ITEM_KEYS}")
+    if any(k in record for k in ITEM_KEYS):
+        _item_grid(record)
 
 
 def config_text(config: dict | None) -> str:
@@ -182,33 +283,50 @@ def config_text(config: dict | None) -> str:
     return " ".join(parts)
 
 
-_SIDE_KEYS = ("embedder", "mean", "ci_lo", "ci_hi", "baseline", "shuffled", "flags", "n_test", "sampling_lo",
-              "sampling_hi", "best_val", "config")
+def _interval(record: dict, seeds: dict, level: float) -> tuple[float, float, str, tuple[float, float]]:
+    """The medium's interval with test-sampling error (see module docstring) and the Wilson one."""
+    n_test, task = record.get("n_test"), record["task"]
+    wilson = (wilson_interval(seeds["mean"], int(n_test), level) if n_test and task == "classification"
+              else (math.nan, math.nan))
+    if all(k in record for k in ITEM_KEYS):
+        preds, targets, _ = _item_grid(record)
+        if task == "classification":
+            t = accuracy_interval(preds, targets, level=level)
+            return t["lo"], t["hi"], "crossed items x seeds t or Wilson, the wider", (t["wilson_lo"], t["wilson_hi"])
+        t = r2_interval(preds.astype(float), targets.astype(float), level=level)
+        return t["ci_lo"], t["ci_hi"], "crossed items x seeds t", wilson
+    if np.isfinite(wilson[0]):
+        return wilson[0], wilson[1], f"Wilson over {int(n_test)} test items (seed mean)", wilson
+    return seeds["ci_lo"], seeds["ci_hi"], "seeds only (no test-sampling error)", wilson
 
 
-def _side(record: dict | None, prefix: str) -> dict:
+def _side(record: dict | None, prefix: str, level: float = 0.95) -> dict:
     if record is None:
-        return {f"{prefix}_{k}": (math.nan if k not in ("embedder", "flags", "config") else "") for k in _SIDE_KEYS}
-    interval = seed_interval(record["test_scores"])
+        return {f"{prefix}_{k}": (math.nan if k not in ("embedder", "flags", "config", "ci_method") else "")
+                for k in _SIDE_KEYS}
+    seeds = seed_interval(record["test_scores"], level, METRIC_BOUNDS.get(record["metric"], (-math.inf, math.inf)))
+    lo, hi, method, wilson = _interval(record, seeds, level)
     n_test = record.get("n_test")
-    sampling = (wilson_interval(interval["mean"], int(n_test))
-                if n_test and record["task"] == "classification" else (math.nan, math.nan))
     return {
-        f"{prefix}_embedder": record["embedder"], f"{prefix}_mean": interval["mean"],
-        f"{prefix}_ci_lo": interval["ci_lo"], f"{prefix}_ci_hi": interval["ci_hi"],
+        f"{prefix}_embedder": record["embedder"], f"{prefix}_mean": seeds["mean"],
+        f"{prefix}_ci_lo": lo, f"{prefix}_ci_hi": hi, f"{prefix}_ci_method": method,
+        f"{prefix}_seed_lo": seeds["ci_lo"], f"{prefix}_seed_hi": seeds["ci_hi"],
         f"{prefix}_baseline": float(record["baseline"]),
         f"{prefix}_shuffled": float(np.mean(_as_scores(record["shuffled_scores"]))),
         f"{prefix}_flags": "; ".join(control_flags(record["test_scores"], record["baseline"],
                                                   record["shuffled_scores"], record["task"], n_test)),
         f"{prefix}_n_test": float(n_test) if n_test else math.nan,
-        f"{prefix}_sampling_lo": sampling[0], f"{prefix}_sampling_hi": sampling[1],
+        f"{prefix}_sampling_lo": wilson[0], f"{prefix}_sampling_hi": wilson[1],
         f"{prefix}_best_val": float(record.get("best_val", math.nan)),
         f"{prefix}_config": config_text(record.get("best_config")),
     }
 
 
 def build_table(records: Iterable[dict], level: float = 0.95) -> pd.DataFrame:
-    """One row per (label, audio embedder, symbolic embedder); a medium swept alone gets its own row."""
+    """One row per (label, audio embedder, symbolic embedder); a medium swept alone gets its own row.
+
+    Raises TestSetMismatch when two records set against each other hold different test items.
+    """
     records = list(records)
     for record in records:
         _check_record(record)
@@ -223,18 +341,29 @@ def build_table(records: Iterable[dict], level: float = 0.95) -> pd.DataFrame:
         symbolic = [r for r in mine if r["medium"] == SYMBOLIC] or [None]
         for a in audio:
             for s in symbolic:
-                row = {"label": label, "task": task, "metric": metric, **_side(a, "audio"), **_side(s, "symbolic")}
+                row = {"label": label, "task": task, "metric": metric, **_side(a, "audio", level),
+                       **_side(s, "symbolic", level)}
                 if a is not None and s is not None:
                     diff = compare_media(a, s, level)
                     row.update({"difference": diff["difference"], "difference_ci_lo": diff["ci_lo"],
-                                "difference_ci_hi": diff["ci_hi"], "p_value": diff["p_value"],
-                                "n_seeds": diff["n_seeds"]})
+                                "difference_ci_hi": diff["ci_hi"], "difference_method": diff["method"],
+                                "p_value": diff["p_value"], "mcnemar_p": diff["mcnemar_p"],
+                                "n_items": diff["n_items"], "n_seeds": diff["n_seeds"], "test_set": diff["test_set"]})
                 else:
                     only = a or s
                     row.update({"difference": math.nan, "difference_ci_lo": math.nan, "difference_ci_hi": math.nan,
-                                "p_value": math.nan, "n_seeds": len(only["seeds"])})
-                row["verdict"] = verdict(row)
+                                "difference_method": "", "p_value": math.nan, "mcnemar_p": math.nan,
+                                "n_items": math.nan, "n_seeds": len(only["seeds"]), "test_set": ""})
                 rows.append(row)
+    # the family: every item-level comparison in this table (seed-only rows are not tests of the verdict)
+    item_level = [i for i, r in enumerate(rows) if r["difference_method"] == "items x seeds"]
+    adjusted = holm([rows[i]["p_value"] for i in item_level])
+    for row in rows:
+        row["p_holm"] = math.nan
+    for i, p in zip(item_level, adjusted):
+        rows[i]["p_holm"] = float(p)
+    for row in rows:
+        row["verdict"] = verdict(row)
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
@@ -245,7 +374,7 @@ def key_metrics(table: pd.DataFrame) -> dict[str, float]:
         stem = f"{row['label']}.{row['audio_embedder'] or 'none'}_vs_{row['symbolic_embedder'] or 'none'}"
         for key in ("audio_mean", "audio_ci_lo", "audio_ci_hi", "audio_shuffled", "symbolic_mean", "symbolic_ci_lo",
                     "symbolic_ci_hi", "symbolic_shuffled", "difference", "difference_ci_lo", "difference_ci_hi",
-                    "p_value"):
+                    "p_value", "p_holm"):
             value = row[key]
             if value is not None and np.isfinite(value):
                 out[_metric_name(f"{stem}.{key}")] = float(value)

@@ -164,3 +164,41 @@ def test_rank_null_matches_direct_metrics_and_centres_on_chance():
     assert sub.q_idx.size == 50
     per_q = direct["per_query"]["mrr"][sub.q_idx]
     assert sub.metrics()["mrr"] == pytest.approx(per_q.mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Standardisation is a fitted step: training rows only
+# ---------------------------------------------------------------------------------------------
+def test_zscore_fitted_uses_only_the_fit_rows():
+    from analysis.pooling import zscore_fitted
+
+    rng = np.random.default_rng(6)
+    X = rng.normal(3.0, 2.0, (50, 4))
+    X[:, 3] = 7.0
+    fit = np.arange(30)
+    Z = zscore_fitted(X, fit)
+    mu, sd = X[:30].mean(0), X[:30].std(0)
+    np.testing.assert_allclose(Z[:, :3], (X[:, :3] - mu[:3]) / sd[:3])
+    np.testing.assert_allclose(Z[:, 3], 0.0)                  # constant on the fit rows: only centred
+    moved = X.copy()
+    moved[30:] *= 100.0                                        # held-out rows do not change the scaling
+    np.testing.assert_allclose(zscore_fitted(moved, fit)[:30], Z[:30])
+
+
+@pytest.mark.parametrize("method", ["ridge", "cca"])
+def test_retrieval_standardisation_is_fitted_on_training_rows(method):
+    from analysis.pooling import zscore_fitted
+    from analysis.retrieval import project_for_retrieval
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(0, [1.0, 50.0, 0.01, 3.0], (120, 4)) + 10.0
+    Y = X[:, :3] @ rng.standard_normal((3, 5)) + rng.standard_normal((120, 5))
+    train, test = np.arange(80), np.arange(80, 120)
+    got = project_for_retrieval(X, Y, train, test, method, standardize=True)
+    want = project_for_retrieval(zscore_fitted(X, train), zscore_fitted(Y, train), train, test, method)
+    for direction in ("audio_to_symbolic", "symbolic_to_audio"):
+        for a, b in zip(got[direction], want[direction]):
+            np.testing.assert_allclose(a, b, atol=1e-9)
+    everywhere = project_for_retrieval(zscore_fitted(X), zscore_fitted(Y), train, test, method)
+    assert not np.allclose(got["audio_to_symbolic"][0], everywhere["audio_to_symbolic"][0])
+    assert cross_modal_retrieval(X, Y, train, test, method=method, standardize=True)["n_test"] == 40

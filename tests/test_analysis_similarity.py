@@ -65,9 +65,30 @@ def test_other_metrics_score_rotated_copy_as_identical(rotated_pair):
     assert S.rsa(X, Y, metric="euclidean")["value"] == pytest.approx(1.0, abs=1e-9)
     assert S.procrustes_distance(X, Y)["value"] == pytest.approx(0.0, abs=1e-6)
     assert S.procrustes_similarity(X, Y)["value"] == pytest.approx(1.0, abs=1e-9)
-    assert S.mean_cca(X, Y)["value"] == pytest.approx(1.0, abs=1e-3)  # ridge 1e-4 shrinks slightly
-    assert S.mean_cca(X, Y, reg=0.0)["value"] == pytest.approx(1.0, abs=1e-8)
+    assert S.mean_cca(X, Y)["value"] == pytest.approx(1.0, abs=1e-8)  # the default: no ridge (issue 16: was 0.9955)
+    assert S.mean_cca(X, Y, reg=1e-4)["value"] < 0.9999  # ridge shrinks every correlation: w / (w + r)
     assert S.svcca(X, Y)["value"] == pytest.approx(1.0, abs=1e-8)
+
+
+def test_mean_cca_of_a_rotated_copy_is_one_with_constant_and_collinear_columns():
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((150, 10)) * np.geomspace(1.0, 0.01, 10)  # eigenvalues spread over 4 decades
+    X = np.hstack([X, np.full((150, 1), 3.0), X[:, :1] - X[:, 1:2]])    # a constant and a collinear column
+    Y = X @ np.linalg.qr(rng.standard_normal((12, 12)))[0]
+    out = S.mean_cca(X, Y)
+    assert out["value"] == pytest.approx(1.0, abs=1e-8) and out["n_components"] == 10
+    assert S.mean_cca(X, Y, reg=1e-4)["value"] < 0.99  # ridge over all 12 directions: the old default's bias
+
+
+def test_in_sample_cca_with_fewer_rows_than_dimensions_is_exactly_one_in_every_draw():
+    # N - 1 <= rank: every canonical correlation is 1 by construction; rounding noise of 1e-16 between
+    # permutation draws once made the null's histogram fail ("too many bins for data range")
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((24, 40)), rng.standard_normal((24, 30))
+    pair = lf.PreparedPair(X, Y, cca_reg=0.0, cca_components=None, svcca_keep=0.99)
+    draws = np.array([pair.stats(rng.permutation(24))["mean_cca"] for _ in range(19)])
+    assert pair.stats()["mean_cca"] == 1.0 and np.all(draws == 1.0)
+    assert np.histogram(draws, bins=30)[0].sum() == 19
 
 
 def test_rsa_correlation_metric_invariant_to_row_affine_maps():
@@ -149,7 +170,9 @@ def test_fast_permutation_paths_equal_recomputation():
     fast = pair.stats(perm)
     assert fast["linear_cka"] == pytest.approx(S.linear_cka(X, Y[perm])["value"], rel=1e-10)
     assert fast["linear_cka_debiased"] == pytest.approx(S.linear_cka(X, Y[perm], debiased=True)["value"], rel=1e-9)
-    assert fast["mean_cca"] == pytest.approx(S.mean_cca(X, Y[perm])["value"], rel=1e-10)
+    assert fast["mean_cca"] == pytest.approx(S.mean_cca(X, Y[perm], reg=1e-4)["value"], rel=1e-10)
+    plain = lf.PreparedPair(X, Y, cca_reg=0.0, cca_components=None, svcca_keep=0.99).stats(perm)
+    assert plain["mean_cca"] == pytest.approx(S.mean_cca(X, Y[perm])["value"], rel=1e-10)
     assert fast["svcca"] == pytest.approx(S.svcca(X, Y[perm])["value"], rel=1e-10)
     assert fast["procrustes_distance"] == pytest.approx(S.procrustes_distance(X, Y[perm])["value"], rel=1e-10)
     kp = KernelPair(rbf_gram(X, 0.8)[0], rbf_gram(Y, 0.8)[0])
@@ -173,7 +196,7 @@ def test_block_bootstrap_replicate_equals_materialised_resample():
     assert reps["linear_cka"][0] == pytest.approx(S.linear_cka(X[rows], Y[rows])["value"], rel=1e-9)
     assert reps["linear_cka_debiased"][0] == pytest.approx(
         S.linear_cka(X[rows], Y[rows], debiased=True)["value"], rel=1e-8)
-    assert reps["mean_cca"][0] == pytest.approx(S.mean_cca(X[rows], Y[rows])["value"], rel=1e-9)
+    assert reps["mean_cca"][0] == pytest.approx(S.mean_cca(X[rows], Y[rows], reg=1e-4)["value"], rel=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,26 +227,42 @@ def test_planted_low_rank_structure_detected_by_every_metric(planted_result):
 def test_compare_spaces_entries_are_complete(planted_result):
     res = planted_result
     assert (res["n"], res["dim_x"], res["dim_y"]) == (200, 64, 32)
-    keys = {"value", "ci_lo", "ci_hi", "null_mean", "null_lo", "null_hi", "p_value", "n_used", "subsampled",
-            "chance", "n_permutations", "n_boot", "null", "null_n_used", "boot_bias"}
+    keys = {"value", "kind", "target", "ci_lo", "ci_hi", "ci_method", "se", "n_blocks", "excess", "excess_ci_lo",
+            "excess_ci_hi", "null_mean", "null_lo", "null_hi", "p_value", "p_holm", "adjustment", "null_within",
+            "n_used", "subsampled", "chance", "n_permutations", "null", "null_n_used", "bounds"}
     for name, m in res["metrics"].items():
         assert keys <= set(m), name
         assert m["null"].shape == (m["n_permutations"],)
         assert m["null_lo"] <= m["null_mean"] <= m["null_hi"]
+        assert m["excess"] == pytest.approx(m["value"] - m["null_mean"])
+        assert m["excess_ci_lo"] <= m["excess"] <= m["excess_ci_hi"], name
+        assert m["p_value"] <= m["p_holm"] <= 1.0 and "Holm" in m["adjustment"]
+        lo, hi = m["bounds"]
+        assert lo - m["null_mean"] <= m["excess_ci_lo"] and m["excess_ci_hi"] <= hi - m["null_mean"], name
     assert res["metrics"]["mutual_knn"]["chance"] == pytest.approx(10 / 199)
     assert res["metrics"]["retrieval_ridge_x_to_y_recall@1"]["chance"] == pytest.approx(1 / 100)
-    # Smooth, nearly unbiased statistics: the bootstrap CI covers the full-sample value.
-    for name in ("linear_cka", "linear_cka_debiased", "rbf_cka", "rsa", "mutual_knn"):
+    # statistics that estimate something without bias get an interval around the value, inside their range
+    for name in ("linear_cka_debiased", "rsa", "mutual_knn", "retrieval_cca_x_to_y_mrr", "retrieval_ridge_y_to_x_median_rank"):
         m = res["metrics"][name]
-        assert m["ci_lo"] <= m["value"] <= m["ci_hi"], name
-    # In-sample CCA overfits more on resamples (fewer distinct rows): the raw percentile interval
-    # lies above the estimate, the reported bias-corrected one covers it.
-    cca = res["metrics"]["mean_cca"]
-    assert cca["ci_method"] == "bias-corrected percentile" and cca["boot_bias"] > 0
-    assert cca["ci_lo_raw"] > cca["value"]
-    for name in ("mean_cca", "svcca", "procrustes_similarity", "procrustes_distance"):
+        assert m["kind"] in ("population", "at_n") and m["ci_lo"] <= m["value"] <= m["ci_hi"], name
+        assert m["bounds"][0] <= m["ci_lo"] and m["ci_hi"] <= m["bounds"][1], name
+    # biased statistics (in-sample fits, V-statistic HSIC): no interval on the value, read the excess
+    for name in ("linear_cka", "rbf_cka", "mean_cca", "svcca", "procrustes_similarity", "procrustes_distance"):
         m = res["metrics"][name]
-        assert m["ci_lo"] <= m["value"] <= m["ci_hi"], name
+        assert m["kind"] == "biased" and np.isnan(m["ci_lo"]) and np.isnan(m["ci_hi"]), name
+        assert (m["excess_ci_hi"] < 0) if name == "procrustes_distance" else (m["excess_ci_lo"] > 0), name
+    assert res["primary"]["metric"] == "linear_cka_debiased" and res["primary"]["p_value"] < 0.01
+    assert res["multiplicity"][0] == {"family": "spaces", "method": "holm", "members": list(res["metrics"]),
+                                      "size": len(res["metrics"])}
+
+
+def test_intervals_under_independence_admit_zero(independent_result):
+    """Issue 16: plain CKA's old interval excluded the true 0 in 199 of 200 independent datasets."""
+    m = independent_result["metrics"]
+    assert m["linear_cka"]["value"] > 0.02                        # the bias is there ...
+    for name in ("linear_cka", "rbf_cka", "mean_cca", "svcca", "procrustes_similarity"):
+        assert m[name]["excess_ci_lo"] <= 0.0 <= m[name]["excess_ci_hi"], name  # ... and the excess removes it
+    assert m["linear_cka_debiased"]["ci_lo"] <= 0.0 <= m["linear_cka_debiased"]["ci_hi"]
 
 
 def test_compare_spaces_is_deterministic_and_subsamples_kernels():
@@ -231,8 +270,8 @@ def test_compare_spaces_is_deterministic_and_subsamples_kernels():
     a = compare_spaces(X, Y, seed=3, n_permutations=20, n_boot=10, max_n_kernel=100)
     b = compare_spaces(X, Y, seed=3, n_permutations=20, n_boot=10, max_n_kernel=100)
     for name in a["metrics"]:
-        for key in ("value", "ci_lo", "ci_hi", "p_value", "null_mean"):
-            assert a["metrics"][name][key] == b["metrics"][name][key], (name, key)
+        for key in ("value", "ci_lo", "ci_hi", "excess_ci_lo", "p_value", "null_mean"):
+            assert np.array_equal(a["metrics"][name][key], b["metrics"][name][key], equal_nan=True), (name, key)
     assert a["metrics"]["rbf_cka"]["n_used"] == 100 and a["metrics"]["rbf_cka"]["subsampled"]
     assert a["metrics"]["rsa"]["n_used"] == 100 and a["metrics"]["rsa"]["subsampled"]
     assert a["metrics"]["linear_cka"]["n_used"] == 150 and not a["metrics"]["linear_cka"]["subsampled"]

@@ -166,6 +166,24 @@ def test_numeric_labels_regression_and_rdm():
     assert rdm["p_value"] < 0.01
 
 
+def test_knn_standardisation_is_fitted_on_each_training_fold():
+    rng = np.random.default_rng(9)
+    y = np.repeat([0, 1], 40)
+    X = np.column_stack([y * 0.5 + rng.normal(0, 0.3, 80), rng.normal(0, 20.0, 80)])  # label in the small feature
+    raw = L.knn_cv_accuracy(X, y, k=5, seed=0, metric="euclidean")
+    scaled = L.knn_cv_accuracy(X, y, k=5, seed=0, metric="euclidean", standardize=True)
+    assert scaled["value"] > raw["value"] + 0.15                 # the wide noise feature no longer dominates
+    # test rows far out in the noise feature: scaling fitted on all rows would shrink that feature
+    Xtr, ytr = X[::2], y[::2]
+    Xte = np.column_stack([np.full(10, 0.5), np.linspace(-400, 400, 10)])
+    mu, sd = Xtr.mean(0), Xtr.std(0)
+    ref = L.knn_predict((Xtr - mu) / sd, ytr, (Xte - mu) / sd, 5, metric="euclidean")   # by hand, train rows only
+    leaky_sd = np.vstack([Xtr, Xte]).std(0)
+    leaky = L.knn_predict((Xtr - mu) / leaky_sd, ytr, (Xte - mu) / leaky_sd, 5, metric="euclidean")
+    assert not np.array_equal(ref, leaky)                                   # the check has teeth
+    np.testing.assert_array_equal(L.knn_predict(Xtr, ytr, Xte, 5, metric="euclidean", standardize=True), ref)
+
+
 def test_group_aware_splits_never_share_a_group():
     rng = np.random.default_rng(7)
     groups = rng.integers(0, 40, 300)        # e.g. piece ids: several recordings per piece
@@ -199,8 +217,21 @@ def test_compare_labels_side_by_side(clusters):
     assert a["label_rdm"]["n_used"] == s["label_rdm"]["n_used"] == 180
     d = res["difference_audio_minus_symbolic"]
     assert d["knn_by_fold"]["n_units"] == 5 and d["knn_by_recording"]["n_units"] == 180
-    assert d["knn_by_fold"]["mean_difference"] > 0 and d["knn_by_recording"]["p_value"] < 0.01
+    # by recording: the sign flip given the predictions (the old p_value) is < 0.01; the reported p also
+    # counts that the recordings train each other's neighbours and that groups of 3 are not independent
+    rec = d["knn_by_recording"]
+    assert d["knn_by_fold"]["mean_difference"] > 0 and rec["p_sign_flip"] < 0.01 and rec["p_value"] < 0.05
+    assert rec["p_sign_flip"] < rec["p_value"] and 0 < rec["ci_lo"] < rec["mean_difference"] < rec["ci_hi"]
     assert d["silhouette"] > 0 and d["label_rdm"] > 0
+    # issue 16: silhouette and RDM differences come with a paired interval and p, adjusted with the family
+    for name in ("silhouette", "label_rdm"):
+        t = d[f"{name}_test"]
+        assert t["difference"] == pytest.approx(d[name]) and 0 < t["ci_lo"] <= t["difference"] <= t["ci_hi"], name
+        assert t["p_value"] < 0.01 and t["p_value"] <= t["p_holm"] <= 1 and "Holm" in t["adjustment"], name
+    assert res["multiplicity"] == [{"family": "labels", "method": "holm", "size": 6, "members": [
+        "audio.label_rdm", "symbolic.label_rdm", "knn_by_fold", "knn_by_recording", "label_rdm_test", "silhouette_test"]}]
+    assert res["primary"]["metric"] == "knn_by_recording" and a["knn"]["ci_hi"] <= 1.0
+    assert "whole groups" in a["knn"]["ci_of"] and a["knn"]["n_blocks"] <= 60   # 60 groups of 3 recordings
     again = compare_labels(X, X_noisy, y, groups=groups, seed=0, k=5, n_permutations=100, n_boot=200)
     assert again["difference_audio_minus_symbolic"]["knn_by_recording"] == d["knn_by_recording"]
 

@@ -99,9 +99,13 @@ def test_rotation_gives_cka_one_and_perfect_retrieval(runs):
 def test_csv_npz_and_page(runs):
     rows = pd.read_csv(runs["plain"] / "metrics.csv")
     assert list(rows.columns) == ["name", "value", "ci_lo", "ci_hi", "null_mean", "null_lo", "null_hi", "p_value",
-                                  "n_used", "subsampled", "chance"]
+                                  "n_used", "subsampled", "chance",  # then the fields some row has (no label: no within)
+                                  "excess", "excess_ci_lo", "excess_ci_hi", "p_holm", "kind"]
     cka = rows.set_index("name").loc["linear_cka"]
-    assert cka["value"] > 0.999 and cka["ci_lo"] <= cka["value"] + 1e-9 and cka["n_used"] == N - 1
+    # plain CKA is biased: no interval on its value (issue 16); the debiased one carries the interval
+    assert cka["value"] > 0.999 and np.isnan(cka["ci_lo"]) and cka["n_used"] == N - 1
+    debiased = rows.set_index("name").loc["linear_cka_debiased"]
+    assert debiased["ci_lo"] <= debiased["value"] + 1e-9 <= debiased["ci_hi"] + 2e-9
     nulls = np.load(runs["plain"] / "null_distributions.npz")
     assert nulls["linear_cka"].shape == (19,) and "label_audio_label_rdm" not in nulls
     page = (runs["plain"] / "report.html").read_text()
@@ -164,23 +168,23 @@ def test_rows_and_tables_follow_the_metrics_dicts(monkeypatch):
     assert "<td>&ndash;</td>" in compare_page.metrics_table(compare_rows.metric_rows({"metrics": {"x": nan}}, None))
 
     # a new metric (in the dicts) and a new field (one Field) need no page code
-    spaces["metrics"]["new_metric"] = dict(spaces["metrics"]["rsa"], value=0.25, p_holm=0.04)
-    labels["audio"]["new_label_metric"] = {"value": 0.6, "p_holm": 0.5}
+    spaces["metrics"]["new_metric"] = dict(spaces["metrics"]["rsa"], value=0.25, p_bonferroni=0.04)
+    labels["audio"]["new_label_metric"] = {"value": 0.6, "p_bonferroni": 0.5}
     labels["symbolic"]["new_label_metric"] = {"value": 0.4}
-    monkeypatch.setattr(compare_rows, "FIELDS", (*compare_rows.FIELDS, compare_rows.Field("p_holm", "p (Holm)", "p")))
+    monkeypatch.setattr(compare_rows, "FIELDS", (*compare_rows.FIELDS, compare_rows.Field("p_bonferroni", "p (Bonferroni)", "p")))
     before = compare_rows.metric_rows(*report_inputs())   # no entry has the new field: outputs as they were
     assert compare_rows.metrics_csv(before).splitlines()[0] == ",".join(compare_rows.CSV_COLUMNS)
-    assert "Holm" not in compare_page.metrics_table(before) + compare_page.label_table(report_inputs()[1])
+    assert "Bonferroni" not in compare_page.metrics_table(before) + compare_page.label_table(report_inputs()[1])
     rows = compare_rows.metric_rows(spaces, labels)
     text = compare_rows.metrics_csv(rows)
-    assert text.splitlines()[0] == ",".join(compare_rows.CSV_COLUMNS) + ",p_holm"
+    assert text.splitlines()[0] == ",".join(compare_rows.CSV_COLUMNS) + ",p_bonferroni"
     assert text.splitlines()[3].startswith("new_metric,0.25,") and text.splitlines()[3].endswith(",0.04")
-    assert text.splitlines()[1].endswith(",")   # linear_cka has no Holm p: an empty cell
+    assert text.splitlines()[1].endswith(",")   # linear_cka has no Bonferroni p: an empty cell
     assert "label_audio_new_label_metric" in text and "label_symbolic_new_label_metric" in text
     table = compare_page.metrics_table(rows[:3])
-    assert "<th>p (Holm)</th>" in table and table.count("<tr>") == 4
+    assert "<th>p (Bonferroni)</th>" in table and table.count("<tr>") == 4
     label = compare_page.label_table(labels)
-    assert "new_label_metric" in label and "0.600, p (Holm) 0.5" in label
+    assert "new_label_metric" in label and "0.600, p (Bonferroni) 0.5" in label
 
 
 def test_label_metrics_side_by_side(runs):
@@ -357,3 +361,47 @@ def test_on_a_store_written_by_generate_embeddings(ray_session, tmp_path, capsys
     lab = m["labels"]
     assert lab["task"] == "classification" and 0.0 <= lab["audio"]["knn"]["value"] <= 1.0
     assert "linear_cka" in capsys.readouterr().out
+
+
+def label_only_store(root, n=90):
+    """Audio and symbolic share only their style's centroid; within a style the pairing is random noise."""
+    rng = np.random.default_rng(3)
+    styles = np.array(["jazz", "rock", "folk"])[np.arange(n) % 3]
+    ca = {s: rng.standard_normal(DIM) * 3 for s in ("jazz", "rock", "folk")}
+    cs = {s: rng.standard_normal(DIM) * 3 for s in ("jazz", "rock", "folk")}
+    info = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "audio_filename": [f"a/{i}.wav" for i in range(n)],
+                         "midi_filename": [f"m/{i}.mid" for i in range(n)], "style": styles})
+    wa = ShardWriter(root, A, "aud", "h", {"embedder": "aud"}, 32)
+    ws = ShardWriter(root, S, "sym", "h", {"embedder": "sym"}, 32)
+    for i, item_id in enumerate(info["id"]):
+        wa.add(item_id, (ca[styles[i]] + rng.standard_normal((2, DIM))).astype(np.float32))
+        ws.add(item_id, (cs[styles[i]] + rng.standard_normal((2, DIM))).astype(np.float32))
+    wa.flush()
+    ws.flush()
+    consolidate(root, info, root / "embeddings.h5", provenance={"dataset": "label_only"})
+    return root / "embeddings.h5"
+
+
+def test_within_label_null_separates_recordings_from_labels(tmp_path):
+    """Spaces related only through the label: the free null rejects, the within-label null does not, and
+    both reach metrics.csv, the .npz and the page (the primary metric first)."""
+    h5 = label_only_store(tmp_path / "store")
+    out = tmp_path / "out"
+    assert compare_embeddings.main(["--h5_path", str(h5), "--output_dir", str(out), "--label", "style",
+                                    "--n_permutations", "199"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    primary = m["spaces"]["metrics"][m["spaces"]["primary"]["metric"]]
+    assert m["spaces"]["primary"]["metric"] == "linear_cka_debiased" and m["inputs"]["strata"] == "style"
+    assert primary["p_value"] <= 0.01 and primary["value"] > 0.3            # related through the styles
+    assert primary["null_within"]["p_value"] > 0.05                          # nothing beyond the styles
+    lo, hi = primary["null_within"]["excess_ci_lo"], primary["null_within"]["excess_ci_hi"]
+    assert lo <= 0.0 <= hi
+    rows = pd.read_csv(out / "metrics.csv").set_index("name")
+    assert {"within_p_value", "within_p_holm", "within_excess", "p_holm"} <= set(rows.columns)
+    assert rows.loc["linear_cka_debiased", "within_p_value"] == pytest.approx(primary["null_within"]["p_value"])
+    holm = rows["p_holm"].dropna()
+    assert (holm >= rows.loc[holm.index, "p_value"] - 1e-12).all()          # Holm never lowers a p-value
+    assert "linear_cka_debiased__within" in np.load(out / "null_distributions.npz")
+    page = (out / "report.html").read_text()
+    assert page.index("Primary analysis") < page.index("How the two spaces relate")
+    assert "within-label null" in page and "Holm p" in page

@@ -296,6 +296,9 @@ def test_sweep_reaches_the_known_answer_audio_beats_symbolic(run):
         assert float(row["difference_ci_lo"]) > 0 and "audio higher" in row["verdict"], row["verdict"]
         assert not row["audio_flags"], row["audio_flags"]          # audio is clearly above its controls
         assert row["n_seeds"] == N_SEEDS
+        # the verdict is a test over the shared test items crossed with seeds, Holm-adjusted over the table
+        assert row["difference_method"] == "items x seeds" and int(row["n_items"]) == int(row["audio_n_test"])
+        assert float(row["p_holm"]) >= float(row["p_value"]) and float(row["p_holm"]) <= 0.05
     style = table.set_index("label").loc["style"]
     assert style["audio_mean"] > 0.9 and style["audio_mean"] > style["audio_baseline"] + 0.5
     assert table.set_index("label").loc["tempo"]["audio_mean"] > 0.5          # R^2 (ASHA cuts the best config early)

@@ -22,14 +22,16 @@ from analysis.report.html import document, esc, interval, kv_table, number, p_va
 RDM_ROWS = 120
 MAP_POINTS = 5000  # points drawn per 2-D map: PCA is fit on all rows, a page of 50,000 hover points is not readable
 
-GUIDE = ("How to read: each metric has its value, a bootstrap 95% CI and a permutation null (the same metric after "
-         "shuffling which symbolic row belongs to which audio row). A value far outside the null range (small p) means "
-         "the spaces share structure beyond chance; the CI says how precisely it is known. In-sample fits (mean CCA, "
-         "SVCCA, Procrustes) are biased upwards: compare them with their null mean, not with 0. Retrieval maps one "
-         "medium into the other (ridge or CCA fitted on the training rows) and ranks the true partner among all test "
-         "rows; compare recall@k with its chance level (x = audio, y = symbolic: x_to_y queries with audio and searches "
-         "the symbolic test rows). The smallest possible p is 1 / (1 + permutations): no null draw reached the observed "
-         "value. CIs of the linear family and RBF CKA are bias-corrected percentile intervals (see analysis/compare.py).")
+GUIDE = ("How to read: every metric has its value on all paired rows, an interval, and a permutation null (the same "
+         "metric after shuffling which symbolic row belongs to which audio row). Intervals are delete-a-group jackknife t "
+         "intervals (no row duplicated), checked for coverage by simulation (bench/results/coverage.json); 'estimates' "
+         "says what the value targets: a population value (debiased CKA, RSA), the expected value at this N (mutual kNN, "
+         "retrieval), or nothing useful on its own (biased: plain and RBF CKA, CCA, SVCCA, Procrustes are above 0 for "
+         "unrelated spaces, so they get no interval: read their excess over the null mean instead). The free null asks "
+         "'are the spaces related at all?'; with a label, the within-label null (pairing shuffled only among recordings "
+         "with the same label) asks 'does each recording match its own counterpart beyond what the label explains?'. "
+         "p-values of one table are one family: 'Holm p' controls the chance of any false claim; only the declared "
+         "primary metric may be read on its raw p. The smallest possible p is 1 / (1 + permutations).")
 LABEL_METRICS = {"silhouette": "silhouette (cosine)", "label_rdm": "embedding RDM vs label RDM (Spearman, Mantel)"}
 
 
@@ -38,6 +40,8 @@ def _show(field: Field, values: dict) -> str:
     """One field of a row or entry as text: an interval, a p-value or a number (a dash when missing)."""
     if field.kind == "interval":
         return interval(values.get(field.key), values.get(field.hi))
+    if field.kind == "text":
+        return esc(values.get(field.key) or "-")
     return p_value(values.get(field.key)) if field.kind == "p" else number(values.get(field.key))
 
 
@@ -74,8 +78,14 @@ def entry_text(entry: dict) -> str:
 
 
 def paired_test_text(test: dict) -> str:
-    return (f"{number(test['mean_difference'])} {interval(test['ci_lo'], test['ci_hi'])}, p = {p_value(test['p_value'])} "
-            f"(Wilcoxon p = {p_value(test.get('wilcoxon_p'))}, {test['n_units']} units)")
+    """A paired difference: value [CI], p, Holm p, and what it was computed over."""
+    text = (f"{number(compare_rows.difference_value(test))} {interval(test['ci_lo'], test['ci_hi'])}, "
+            f"p = {p_value(test['p_value'])}")
+    if test.get("p_holm") is not None:
+        text += f", Holm p = {p_value(test['p_holm'])}"
+    if test.get("n_units") is not None:
+        return text + f" (Wilcoxon p = {p_value(test.get('wilcoxon_p'))}, {test['n_units']} units)"
+    return text + f" ({esc(test.get('method', 'paired test'))})"
 
 
 def label_table(labels: dict) -> str:
@@ -91,15 +101,44 @@ def label_table(labels: dict) -> str:
                     + (f", chance {number(entry['chance'])}" if entry.get("chance") is not None else ""))
         else:
             name = LABEL_METRICS.get(key, esc(key))
-        tests = [(k[len(key) + 4:].replace("_", " "), v) for k, v in diff.items()
+        tests = [("by " + k[len(key) + 4:].replace("_", " "), v) for k, v in diff.items()
                  if k.startswith(f"{key}_by_") and isinstance(v, dict)]
+        if isinstance(diff.get(f"{key}_test"), dict):
+            tests.append(("paired jackknife", diff[f"{key}_test"]))
         if tests:
-            difference = "<br>".join(f"by {unit}: {paired_test_text(t)}" for unit, t in tests)
+            difference = "<br>".join(f"{unit}: {paired_test_text(t)}" for unit, t in tests)
         else:
             difference = number(diff.get(key))
         lines.append({"metric": name, "audio": entry_text(entry), "symbolic": entry_text(s[key]),
                       "audio &minus; symbolic (paired)": difference})
     return table(lines, css_class="metrics")
+
+
+def primary_block(payload: dict) -> str:
+    """The declared primary analyses, one line each: the answer a reader should quote."""
+    if "primary" not in payload["spaces"]:
+        return ""
+    mx, my = media_names(payload["inputs"])
+    m = payload["spaces"]["metrics"][payload["spaces"]["primary"]["metric"]]
+    line = (f"<b>Are the spaces related?</b> {esc(payload['spaces']['primary']['metric'])} = <b>{number(m['value'])}</b> "
+            f"{interval(m.get('ci_lo'), m.get('ci_hi'))}, free-null p = {p_value(m['p_value'])}")
+    within = m.get("null_within")
+    if within:
+        line += (f"; beyond the label (within-label null): excess {number(within.get('excess'))} "
+                 f"{interval(within.get('excess_ci_lo'), within.get('excess_ci_hi'))}, p = {p_value(within['p_value'])}")
+    lines = [line]
+    labels = payload.get("labels")
+    if labels:
+        d = labels["difference_audio_minus_symbolic"][labels["primary"]["metric"]]
+        lines.append(f"<b>Which medium carries the label better?</b> {mx} &minus; {my} kNN score, paired by recording: "
+                     f"<b>{number(compare_rows.difference_value(d))}</b> {interval(d['ci_lo'], d['ci_hi'])}, "
+                     f"p = {p_value(d['p_value'])}")
+    settings = payload["spaces"].get("settings") or {}
+    need = settings.get("min_permutations_for_holm")
+    if need and payload["inputs"]["n_permutations"] < need:
+        lines.append(f"<span class='warn'>With {payload['inputs']['n_permutations']} permutations no Holm-adjusted p "
+                     f"can reach 0.05 (needs {need}); rerun with --n_permutations {need} or more.</span>")
+    return "<h2>Primary analysis (declared before the data)</h2><p>" + "<br>".join(lines) + "</p>"
 
 
 def media_names(inputs: dict) -> tuple[str, str]:
@@ -127,8 +166,9 @@ def header(payload: dict) -> list[tuple[str, str]]:
                            f"(valid {mx} {c.get('valid_' + mx, '?')}, valid {my} {c.get('valid_' + my, '?')}, "
                            f"missing label {c['missing_label']})"),
             ("retrieval split", payload["retrieval_split"]),
-            ("resampling", f"seed {inp['seed']}; {inp['n_permutations']} permutations, {inp['n_boot']} bootstrap "
-                           f"replicates per metric; 95% intervals"),
+            ("resampling", f"seed {inp['seed']}; {inp['n_permutations']} permutations per null; delete-a-group "
+                           f"jackknife over {s.get('settings', {}).get('n_blocks', '?')} groups of rows; 95% intervals"
+                           + (f"; within-label nulls by {esc(inp['label'])}" if inp.get("strata") else "")),
             (f"subsampled (max_n_kernel {inp['max_n_kernel']})", "; ".join(subs) or "nothing")]
     if inp["label"]:
         lab = payload["labels"]
@@ -166,12 +206,15 @@ def figures(Xa: np.ndarray, Xs: np.ndarray, ids: Sequence[str], metadata: pd.Dat
     for name, null in nulls.items():
         if name.startswith("label_"):
             e = payload["labels"][name.split("_")[1]]["label_rdm"]
+            p = e["p_value"]
         else:
-            e = payload["spaces"]["metrics"][name]
+            e = payload["spaces"]["metrics"][name.removesuffix(compare_rows.WITHIN_SUFFIX)]
             if e["null_n_used"] != e["n_used"]:  # retrieval null on a query subsample: its observed value differs
                 continue
+            p = e["null_within"]["p_value"] if name.endswith(compare_rows.WITHIN_SUFFIX) else e["p_value"]
+            name = name.replace(compare_rows.WITHIN_SUFFIX, " (within label)")
         if e["value"] is not None and np.isfinite(e["value"]):
-            items.append((name, null, e["value"], e["p_value"]))
+            items.append((name, null, e["value"], p))
     hist = plots.null_histograms(items)
     sub_note = (f"{len(idx)} of {len(ids)} recordings (seeded)" + (f", sorted by {label}" if label else ""))
     return [
@@ -196,7 +239,8 @@ def render(payload: dict, rows: Sequence[dict], figs: Sequence[tuple[str, str, A
     inp = payload["inputs"]
     mx, my = media_names(inp)
     title = f"{mx.capitalize()} vs {my}: {inp['audio_embedder']} vs {inp['symbolic_embedder']}"
-    parts = [f"<h1>{esc(title)}</h1>", kv_table(header(payload)), f"<p class='note'>{GUIDE}</p>"]
+    parts = [f"<h1>{esc(title)}</h1>", kv_table(header(payload)), primary_block(payload),
+             f"<p class='note'>{GUIDE}</p>"]
     if payload.get("labels"):
         parts += ["<h2>Label structure per medium</h2>", label_table(payload["labels"])]
     parts += ["<h2>How the two spaces relate</h2>",

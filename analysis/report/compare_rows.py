@@ -6,8 +6,8 @@ generically, so a new statistic needs no code here or in ``compare_page``:
 
 * a new metric (a new key in ``compare_spaces``'s ``metrics``, or in ``compare_labels``'s
   per-medium dict) gets a row named after its key (label metrics: ``label_<medium>_<key>``);
-* a new field of the metric entries (an excess over the null, a within-label null, a Holm-adjusted
-  p-value ...): add one :class:`Field` to :data:`FIELDS`. Its key(s) become metrics.csv columns
+* a new field of the metric entries: add one :class:`Field` to :data:`FIELDS` (the within-label
+  null's fields are flattened to ``within_<key>``, :data:`WITHIN_KEYS`). Its key(s) become metrics.csv columns
   after :data:`CSV_COLUMNS` and a page column at its place in FIELDS (label metrics: a clause in
   their cell), each only when some row has a value, so outputs without the field keep their bytes.
 """
@@ -30,7 +30,7 @@ class Field:
 
     key: str                 # the entry's key (an interval's low end)
     heading: str             # page column heading (HTML)
-    kind: str = "number"     # value (bold) | number | interval | p | count
+    kind: str = "number"     # value (bold) | number | interval | p | count | text
     hi: str | None = None    # an interval's high end
 
     @property
@@ -46,10 +46,20 @@ FIELDS: tuple[Field, ...] = (
     Field("p_value", "p", "p"),
     Field("chance", "chance"),
     Field("n_used", "n used", "count"),
+    Field("excess", "excess over null"),
+    Field("excess_ci_lo", "excess 95% CI", "interval", hi="excess_ci_hi"),
+    Field("p_holm", "Holm p", "p"),
+    Field("within_excess", "excess over within-label null"),
+    Field("within_excess_ci_lo", "within excess 95% CI", "interval", hi="within_excess_ci_hi"),
+    Field("within_p_value", "within-label p", "p"),
+    Field("within_p_holm", "within-label Holm p", "p"),
+    Field("kind", "estimates", "text"),
 )
 # metrics.csv's first columns, in this order, always present
 CSV_COLUMNS = ("name", "value", "ci_lo", "ci_hi", "null_mean", "null_lo", "null_hi", "p_value", "n_used",
                "subsampled", "chance")
+# null_within's keys that become ``within_<key>`` row fields (the rest: draws and bookkeeping)
+WITHIN_KEYS = ("excess", "excess_ci_lo", "excess_ci_hi", "p_value", "p_holm", "null_mean")
 
 
 def _plain(value):
@@ -62,7 +72,9 @@ def _plain(value):
 
 
 def _row(name: str, entry: dict, **override) -> dict:
-    row = {"name": name, **{k: entry.get(k) for f in FIELDS for k in f.keys},
+    within = entry.get("null_within") or {}
+    flat = {**entry, **{f"within_{k}": within.get(k) for k in WITHIN_KEYS}}
+    row = {"name": name, **{k: flat.get(k) for f in FIELDS for k in f.keys},
            "subsampled": bool(entry.get("subsampled", False)), **override}
     return {k: _plain(v) for k, v in row.items()}
 
@@ -83,10 +95,16 @@ def metric_rows(spaces: dict | None, labels: dict | None) -> list[dict]:
                     rows.append(_row(f"label_{medium}_{key}" + (f"_{score}" if key == "knn" else ""), entry))
         for key, diff in labels["difference_audio_minus_symbolic"].items():
             if isinstance(diff, dict):   # a paired test
-                rows.append(_row(f"label_diff_{key}", diff, value=diff["mean_difference"], n_used=diff["n_units"]))
+                rows.append(_row(f"label_diff_{key}", diff, value=difference_value(diff),
+                                 n_used=diff.get("n_units", labels["n"])))
             elif diff is not None:
                 rows.append(_row(f"label_diff_{key}", {}, value=diff, n_used=labels["n"]))
     return rows
+
+
+def difference_value(test: dict) -> float:
+    """A paired test's point difference: ``mean_difference`` (by fold / recording) or ``difference`` (jackknife)."""
+    return test["mean_difference"] if "mean_difference" in test else test["difference"]
 
 
 def csv_columns(rows: Sequence[dict]) -> list[str]:
@@ -106,6 +124,9 @@ def metrics_csv(rows: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
+WITHIN_SUFFIX = "__within"  # null_distributions.npz: a metric's within-label draws
+
+
 def split_nulls(payload: dict) -> tuple[dict, dict[str, np.ndarray]]:
     """(payload without the permutation draws, {metric name: draws}) for metrics.json and the .npz file."""
     out = copy.deepcopy(payload)
@@ -114,6 +135,9 @@ def split_nulls(payload: dict) -> tuple[dict, dict[str, np.ndarray]]:
         null = entry.pop("null", None)
         if null is not None:
             nulls[name] = np.asarray(null, dtype=np.float64)
+        within = (entry.get("null_within") or {}).pop("null", None)
+        if within is not None:
+            nulls[name + WITHIN_SUFFIX] = np.asarray(within, dtype=np.float64)
     labels = out.get("labels")
     for medium in ("audio", "symbolic"):
         rdm = (labels or {}).get(medium, {}).get("label_rdm") or {}

@@ -1,8 +1,8 @@
 """summary.md of a sweep: the audio-vs-symbolic table of ``analysis.sweep_table.build_table`` as Markdown.
 
-Per label: both media's test scores with their seed intervals, the test-sampling interval where
-there is one, the baseline and shuffled-label control, flags, the paired difference and the
-verdict; then the best configuration of each medium. :data:`NOTE` says what the intervals cover.
+Per label: both media's test scores with their test-sampling interval and the seed interval, the
+baseline and shuffled-label control, flags, the item-level paired difference with its Holm-adjusted p
+and the verdict; then the best configuration of each medium. :data:`NOTE` says what the intervals cover.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import pandas as pd
 from analysis.sweep_table import BASELINE_NAMES
 
 METRIC_NAMES = {"accuracy": "accuracy", "r2": "R^2"}
-NOTE = ("Bracketed intervals are Student-t 95% intervals over training seeds on one fixed test split: they "
-        "show training variability, not test-sampling error; for accuracies the 'sampling' interval (Wilson, "
-        "over the n test recordings) shows the latter, and it is usually much wider. Audio - symbolic pairs the "
-        "media by seed (paired t interval; exact sign-flip p, smallest possible 2/2^n) and so also leaves "
-        "test-sampling error out. A flagged medium did not clearly beat its shuffled-label control or majority "
-        "baseline, so its score says nothing about the label.")
+NOTE = ("Each medium's bracketed interval includes test-sampling error (method beside it); 'seeds' is the Student-t "
+        "interval over training seeds on the one test set (training variability only). Audio - symbolic is an "
+        "item-level paired test on the same test items crossed with seeds (a crossed random-effects t: interval "
+        "and p); p_holm adjusts it by Holm over every row of this table, and only p_holm <= 0.05 names a "
+        "winner. A flagged medium did not clearly beat its shuffled-label control or majority baseline, so its "
+        "score says nothing about the label.")
+
 
 def _fmt(value: float, digits: int = 3) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
@@ -27,7 +28,8 @@ def _fmt(value: float, digits: int = 3) -> str:
 def _cell(row: pd.Series, side: str) -> str:
     if not row[f"{side}_embedder"]:
         return "not swept"
-    text = f"**{_fmt(row[f'{side}_mean'])}** [{_fmt(row[f'{side}_ci_lo'])}, {_fmt(row[f'{side}_ci_hi'])}]"
+    text = (f"**{_fmt(row[f'{side}_mean'])}** [{_fmt(row[f'{side}_ci_lo'])}, {_fmt(row[f'{side}_ci_hi'])}]"
+            f" ({row[f'{side}_ci_method']})<br>seeds [{_fmt(row[f'{side}_seed_lo'])}, {_fmt(row[f'{side}_seed_hi'])}]")
     if np.isfinite(row[f"{side}_sampling_lo"]):
         text += (f"<br>sampling [{_fmt(row[f'{side}_sampling_lo'])}, {_fmt(row[f'{side}_sampling_hi'])}], "
                  f"n = {int(row[f'{side}_n_test'])}")
@@ -45,7 +47,9 @@ def table_markdown(table: pd.DataFrame, title: str = "Audio vs symbolic: test sc
     for _, row in table.iterrows():
         names = f"{row['audio_embedder'] or '-'} / {row['symbolic_embedder'] or '-'}"
         diff = (f"{_fmt(row['difference'], 3)} [{_fmt(row['difference_ci_lo'])}, {_fmt(row['difference_ci_hi'])}]"
-                f"<br>p = {_fmt(row['p_value'], 3)}, {int(row['n_seeds'])} seeds")
+                f"<br>p = {_fmt(row['p_value'], 3)}, Holm p = {_fmt(row['p_holm'], 3)}"
+                f"<br>{row['difference_method'] or '-'}: {int(row['n_seeds'])} seeds"
+                + (f" x {int(row['n_items'])} items" if np.isfinite(row["n_items"]) else ""))
         lines.append(f"| {row['label']} ({names}) | test {METRIC_NAMES.get(row['metric'], row['metric'])} "
                      f"| {_cell(row, 'audio')} | {_cell(row, 'symbolic')} | {diff} | {row['verdict']} |")
     lines += ["", f"Baseline: {BASELINE_NAMES['classification']} for classification, "

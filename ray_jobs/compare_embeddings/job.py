@@ -11,14 +11,18 @@ used and dropped rows go into every output). Features:
   over frames (population std), a (2D)-vector (``analysis.pooling.mean_std_pool``).
 
 Without ``--label``: ``analysis.compare.compare_spaces`` (linear/debiased CKA, CCA, SVCCA,
-Procrustes, RBF CKA, RSA, mutual kNN, cross-modal retrieval), each with a bootstrap CI and a
-permutation null. The retrieval projection is fitted on the rows whose metadata ``split`` is not
-``test`` (train and validation together) and evaluated on the ``test`` rows; without a ``split``
-column, or with fewer than 10 rows on either side, a seeded random 50/50 split is used instead;
-``--group_column`` keeps each group on one side of it and of every label CV fold (details and
-``--media A,B`` for other pairs of media: ``ray_jobs.compare_embeddings.rows``).
+Procrustes, RBF CKA, RSA, mutual kNN, cross-modal retrieval), each with a jackknife interval (none
+for the biased statistics: their excess over the null instead), a permutation null and a
+Holm-adjusted p; the primary metric is debiased linear CKA (fields: ``analysis.compare``). The
+retrieval projection is fitted on the rows whose metadata ``split`` is not ``test`` (train and
+validation together) and evaluated on the ``test`` rows; without a ``split`` column, or with fewer
+than 10 rows on either side, a seeded random 50/50 split is used instead; ``--group_column`` keeps
+each group on one side of it and of every label CV fold (details and ``--media A,B`` for other
+pairs of media: ``ray_jobs.compare_embeddings.rows``).
 With ``--label``: the same, plus ``compare_labels`` (kNN score, silhouette, label-RDM correlation
-per medium, and the paired audio - symbolic difference) on the same rows. A label is numeric
+per medium, and the paired audio - symbolic difference) on the same rows, and every space metric
+gets a second null with the pairing shuffled only within the label's classes (numeric labels
+binned): does a recording match its own counterpart beyond what the label explains? A label is numeric
 (regression: kNN R^2, no silhouette) when its metadata column is numeric with at least 20 distinct
 values (bpm, duration; ``analysis.labels.resolve_task``, the rule every job uses); ``--task``
 overrides the choice (e.g. ``--task regression`` for a numeric label with few values).
@@ -81,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "would otherwise be weighted by their range) or use raw coordinates")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_permutations", type=_positive, default=1000, help="permutation-null draws per metric")
-    p.add_argument("--n_boot", type=_positive, default=1000, help="bootstrap replicates per CI")
+    p.add_argument("--n_boot", type=_positive, default=1000,
+                   help="bootstrap replicates of a regression label's pooled out-of-fold R^2 interval (the "
+                        "other intervals are delete-a-group jackknife intervals)")
     p.add_argument("--max_n_kernel", type=_positive, default=2000,
                    help="rows for RBF CKA / RSA and queries for the retrieval null (random subsample above it)")
     return p
@@ -121,8 +127,9 @@ def _run(args, h5_local, out_dir: Path) -> int:
         Xa, Xs = mean_std_pool(pair.first), mean_std_pool(pair.second)
     else:
         Xa, Xs = np.asarray(pair.first), np.asarray(pair.second)
-    if args.standardize == "zscore":
-        Xa, Xs = zscore_features(Xa), zscore_features(Xs)
+    # z-scored over all rows (no label involved): the label metrics and the figures; compare_spaces gets the raw
+    # features and standardises itself, retrieval with the training rows' statistics only
+    Za, Zs = (zscore_features(Xa), zscore_features(Xs)) if args.standardize == "zscore" else (Xa, Xs)
     task = None
     if args.label:
         try:
@@ -136,12 +143,16 @@ def _run(args, h5_local, out_dir: Path) -> int:
         return _fail(str(exc))
     common = dict(seed=args.seed, n_permutations=args.n_permutations, n_boot=args.n_boot)
     try:
-        spaces = compare_spaces(Xa, Xs, train_idx=train, test_idx=test, max_n_kernel=args.max_n_kernel, **common)
+        strata = None
+        if args.label:  # within-label nulls: numeric labels binned (analysis.nulls.strata_codes)
+            y = pair.labels.astype(np.float64) if task == "regression" else pair.labels.astype(str)
+            strata = y
+        spaces = compare_spaces(Xa, Xs, train_idx=train, test_idx=test, strata=strata, max_n_kernel=args.max_n_kernel,
+                                standardize=args.standardize, **common)
         labels = None
         if args.label:
-            y = pair.labels.astype(np.float64) if task == "regression" else pair.labels.astype(str)
-            labels = compare_labels(Xa, Xs, y, numeric=task == "regression", groups=groups, n_splits=n_splits,
-                                    max_n=args.max_n_kernel, **common)
+            labels = compare_labels(Za, Zs, y, numeric=task == "regression", groups=groups, n_splits=n_splits,
+                                    max_n=args.max_n_kernel, standardize=args.standardize, **common)
             labels["cv"] = cv_desc
     except ValueError as exc:
         return _fail(f"{exc} ({pair.counts['paired']} paired rows)")
@@ -152,14 +163,15 @@ def _run(args, h5_local, out_dir: Path) -> int:
                           "embedding_type": args.embedding_type,
                           "pooling": "mean" if args.embedding_type == "average" else "concat(mean, std) over frames",
                           "standardize": args.standardize,
-                          "label": args.label, "task": task, "group_column": args.group_column, "seed": args.seed,
+                          "label": args.label, "task": task, "strata": args.label, "group_column": args.group_column,
+                          "seed": args.seed,
                           "n_permutations": args.n_permutations, "n_boot": args.n_boot,
                           "max_n_kernel": args.max_n_kernel},
                "counts": pair.counts, "retrieval_split": split_desc, "spaces": spaces, "labels": labels}
     payload["wall_time_s"] = time.perf_counter() - started
     clean, nulls = compare_rows.split_nulls(payload)
     rows = compare_rows.metric_rows(clean["spaces"], clean["labels"])
-    figures = compare_page.figures(Xa, Xs, pair.ids, pair.metadata, pair.labels, payload, nulls)
+    figures = compare_page.figures(Za, Zs, pair.ids, pair.metadata, pair.labels, payload, nulls)
     page = compare_page.render(clean, rows, figures)
     clean["wall_time_s"] = time.perf_counter() - started
     paths = {"json": out_dir / "metrics.json", "csv": out_dir / "metrics.csv",
@@ -178,11 +190,17 @@ def _print_summary(payload: dict, paths: dict) -> None:
     m, c = payload["spaces"]["metrics"], payload["counts"]
     print(f"paired {c['paired']} of {c['rows_in_file']} rows (dropped {c['dropped']}); "
           f"wall time {payload['wall_time_s']:.1f} s")
-    for name in ("linear_cka", "mutual_knn", "retrieval_ridge_x_to_y_recall@1", "retrieval_ridge_y_to_x_recall@1"):
+    primary = payload["spaces"]["primary"]["metric"]
+    for name in (primary, "linear_cka", "mutual_knn", "retrieval_ridge_x_to_y_recall@1", "retrieval_ridge_y_to_x_recall@1"):
         e = m[name]
+        lo = e.get("ci_lo")
+        interval = (f" [{lo:.3f}, {e['ci_hi']:.3f}]" if lo is not None and np.isfinite(lo)
+                    else f" (biased: excess over null {e['excess']:.3f})")
         chance = f", chance {e['chance']:.3f}" if e.get("chance") is not None else ""
-        print(f"  {name}: {e['value']:.3f} [{e['ci_lo']:.3f}, {e['ci_hi']:.3f}], null mean {e['null_mean']:.3f}, "
-              f"p {e['p_value']:.3g}{chance}")
+        within = e.get("null_within")
+        within = f", within-label p {within['p_value']:.3g}" if within else ""
+        print(f"  {name}{' (primary)' if name == primary else ''}: {e['value']:.3f}{interval}, null mean "
+              f"{e['null_mean']:.3f}, p {e['p_value']:.3g}, Holm p {e['p_holm']:.3g}{within}{chance}")
     if payload["labels"]:
         lab = payload["labels"]
         for medium in ("audio", "symbolic"):
