@@ -85,6 +85,7 @@ def sequential_run(root: Path, out_dir: Path, audio_name: str, symbolic_name: st
     """The whole sequential baseline for one dataset folder, writing the job's outputs into ``out_dir``."""
     from threadpoolctl import threadpool_limits
 
+    from embedders.base import Embedding
     from embedders.dataset import info_hash, package_versions, read_info_csv
     from embedders.registry import get_embedder
     from embedders.store.h5 import consolidate
@@ -103,12 +104,12 @@ def sequential_run(root: Path, out_dir: Path, audio_name: str, symbolic_name: st
             results = _embed_row(row, root, embedders[A], embedders[S], sw)
             with sw("write"):
                 for medium, result in results.items():
-                    if isinstance(result, tuple):
+                    if isinstance(result, Embedding):
+                        writers[medium].add(row.id, result.sequence, result.average)
+                    else:  # (stage, ItemError)
                         stage, exc = result
                         errors.append({"id": row.id, "medium": medium, "embedder": embedders[medium].name,
                                        "stage": stage, "error_type": type(exc).__name__, "message": exc.reason})
-                    else:
-                        writers[medium].add(row.id, result.sequence, result.average)
         with sw("write"):
             for writer in writers.values():
                 writer.flush()

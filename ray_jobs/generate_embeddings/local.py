@@ -2,9 +2,15 @@
 
 For small inputs on one machine Ray's fixed costs (importing it, starting a local instance,
 starting its worker processes, shutting down: ~10 s on the 2-core build machine) exceed the work.
-Here the driver embeds calls itself, one after another, while ``workers - 1`` spawned processes
+Here the driver embeds calls itself, one after another, while ``workers - 1`` helper processes
 take the others; every process runs the same ``MediaActor`` the Ray path runs, so the store holds
-the same vectors. Each process uses one BLAS/OpenMP thread, as Ray's one-CPU workers do.
+the same vectors. Each process uses one BLAS/OpenMP/torch thread, as Ray's one-CPU workers do.
+
+Helpers are forked where the platform can (Linux): a fork costs milliseconds where a fresh
+interpreter re-imports numpy, pyarrow and the embedders (seconds on a busy machine, as much as
+the whole work of a hundred short recordings). The pool forks before this process builds any
+embedder or runs any model, with no Ray in the process and no thread of ours running; each helper
+then limits its thread pools. Elsewhere helpers are spawned, their BLAS loaded single-threaded.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ import numpy as np
 from ray_jobs.generate_embeddings.pipeline import MediaActor, MediumSpec, PartTarget
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-_ACTOR: MediaActor | None = None  # a pool process's MediaActor
+_ACTOR: MediaActor | None = None  # a helper process's MediaActor
+_LIMITS: Any = None  # a helper's thread limits, kept for its lifetime
 
 
 def _start_worker(specs: list[MediumSpec], targets: list[PartTarget], root: str) -> None:
-    global _ACTOR
+    global _ACTOR, _LIMITS
+    _LIMITS = one_thread()
     _ACTOR = MediaActor(specs, targets, root)
 
 
@@ -36,21 +44,31 @@ def _call(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return _ACTOR(batch)
 
 
+def one_thread() -> Any:
+    """Limit BLAS, OpenMP and torch to one thread in this process; the returned threadpoolctl
+    limits object restores BLAS/OpenMP (``restore_original_limits``)."""
+    from threadpoolctl import threadpool_limits
+
+    limits = threadpool_limits(1)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+    return limits
+
+
 @contextlib.contextmanager
 def one_thread_here() -> Iterator[None]:
     """BLAS, OpenMP and torch on one thread in this process while the block runs."""
-    from threadpoolctl import threadpool_limits
-
     torch = sys.modules.get("torch")
     saved = torch.get_num_threads() if torch is not None else None
-    with threadpool_limits(1):
-        if torch is not None:
-            torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            if torch is not None:
-                torch.set_num_threads(saved)
+    limits = one_thread()
+    try:
+        yield
+    finally:
+        limits.restore_original_limits()
+        torch = sys.modules.get("torch")
+        if torch is not None and saved is not None:
+            torch.set_num_threads(saved)
 
 
 @contextlib.contextmanager
@@ -76,6 +94,11 @@ def batches(rows: list[dict[str, str]], n_media: int, rows_per_call: int) -> lis
             for i in range(0, len(rows), rows_per_call)]
 
 
+def start_method() -> str:
+    """fork where the platform has it (Linux), else spawn (see the module docstring)."""
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
 def run_local(rows: list[dict[str, str]], specs: list[MediumSpec], targets: list[PartTarget], root: str, *,
               workers: int, rows_per_call: int, on_result: Callable[[dict[str, Any]], None]) -> None:
     """Embed ``rows`` ({id, path_0, path_1, ...}, as ``MediaActor`` takes them) with ``workers``
@@ -84,24 +107,26 @@ def run_local(rows: list[dict[str, str]], specs: list[MediumSpec], targets: list
     if not calls:
         return
     helpers = max(0, min(workers, len(calls)) - 1)
-    with one_thread_here():
-        own = MediaActor(specs, targets, root)
-        if helpers == 0:
+    if helpers == 0:
+        with one_thread_here():
+            own = MediaActor(specs, targets, root)
             for batch in calls:
                 on_result(own(batch))
-            return
-        with one_thread_children(), ProcessPoolExecutor(
-                helpers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
-                initargs=(list(specs), list(targets), root)) as pool:
-            _share(calls, own, pool, helpers, on_result)
-
-
-def _share(calls: list[dict[str, np.ndarray]], own: MediaActor, pool: ProcessPoolExecutor, helpers: int,
-           on_result: Callable[[dict[str, Any]], None]) -> None:
-    """Keep two calls queued per helper process; between its own calls this process takes the next
-    call itself and hands on what the helpers finished."""
+        return
     queue = list(reversed(calls))
-    running: set[Future] = set()
+    with one_thread_children(), ProcessPoolExecutor(
+            helpers, mp_context=mp.get_context(start_method()), initializer=_start_worker,
+            initargs=(list(specs), list(targets), root)) as pool:
+        # the first submissions start the helpers: before this process builds its own embedders
+        running = {pool.submit(_call, queue.pop()) for _ in range(min(len(queue), 2 * helpers))}
+        with one_thread_here():
+            _share(queue, running, MediaActor(specs, targets, root), pool, helpers, on_result)
+
+
+def _share(queue: list[dict[str, np.ndarray]], running: set[Future], own: MediaActor, pool: ProcessPoolExecutor,
+           helpers: int, on_result: Callable[[dict[str, Any]], None]) -> None:
+    """Keep two calls queued per helper process; between its own calls this process takes the next
+    call itself (from the end of ``queue``) and hands on what the helpers finished."""
     try:
         while queue or running:
             while queue and len(running) < 2 * helpers:
@@ -113,7 +138,7 @@ def _share(calls: list[dict[str, np.ndarray]], own: MediaActor, pool: ProcessPoo
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 running.discard(future)
-                on_result(future.result())  # a worker's exception (not an item error) stops the job
+                on_result(future.result())  # a helper's exception (not an item error) stops the job
     except BaseException:
         for future in running:
             future.cancel()
