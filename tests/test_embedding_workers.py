@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -238,3 +239,26 @@ def test_pack_round_trips_every_prepared_kind():
         for x, y in zip(np.atleast_1d(back) if isinstance(item, np.ndarray) else back,
                         np.atleast_1d(item) if isinstance(item, np.ndarray) else item):
             np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_local_executor_helpers_store_what_one_process_stores(data, tmp_path, remote):
+    """Forked (local inputs) or spawned (remote inputs) helpers plus this process write the same rows
+    as this process alone, every id once, and every result row comes back."""
+    from ray_jobs.generate_embeddings.local import run_local, start_method
+
+    assert start_method(remote) == ("spawn" if remote or not sys.platform.startswith("linux") else "fork")
+    rows = [{"id": f"rec{k}", "path_0": f"audio/rec{k}.wav", "path_1": f"midi/rec{k}.mid"} for k in range(5)]
+    results = {}
+    for workers in (1, 2):
+        got = []
+        run_local(rows, [MEL, ROLL], [target(tmp_path / str(workers), "melstats"), target(tmp_path / str(workers), "pianoroll")],
+                  str(data), workers=workers, rows_per_call=1, on_result=got.append, remote=remote)
+        assert sorted((i, m) for b in got for i, m in zip(b["id"], b["medium"])) == sorted(
+            (f"rec{k}", m) for k in range(5) for m in (A, S))
+        results[workers] = {m: stored_rows(tmp_path / str(workers), m, n) for m, n in ((A, "melstats"), (S, "pianoroll"))}
+    for medium in (A, S):
+        assert results[1][medium].keys() == results[2][medium].keys() == {f"rec{k}" for k in range(5)}
+        for item_id, (seq, avg) in results[1][medium].items():
+            np.testing.assert_array_equal(results[2][medium][item_id][0], seq)
+            np.testing.assert_array_equal(results[2][medium][item_id][1], avg)

@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+from embedders.store import filesystem as fs
 from ray_jobs.console import Progress, ProgressGroup
 from ray_jobs.generate_embeddings.pipeline import MediumSpec, PartTarget
 from ray_jobs.generate_embeddings.resources import cluster_view, cpu_pool, gpu_pool
@@ -141,9 +142,11 @@ def _cpu_pass(runs: list[MediumRun], root, args, executor: str) -> None:
         from ray_jobs.generate_embeddings.local import run_local
 
         workers = local_workers(args)
+        remote = any(fs.is_remote(x) for x in (root, *(t.store for t in targets),
+                                               *(s.options.get("checkpoint") or "" for s in specs)))
         run_local(rows, specs, targets, str(root), workers=workers,
                   rows_per_call=rows_per_call(len(rows), workers, args.rows_per_part),
-                  on_result=lambda batch: _take_all(runs, batch))
+                  on_result=lambda batch: _take_all(runs, batch), remote=remote)
         return
     from ray_jobs.generate_embeddings.ray_data import build_media_dataset
 

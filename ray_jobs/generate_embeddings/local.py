@@ -6,11 +6,14 @@ Here the driver embeds calls itself, one after another, while ``workers - 1`` he
 take the others; every process runs the same ``MediaActor`` the Ray path runs, so the store holds
 the same vectors. Each process uses one BLAS/OpenMP/torch thread, as Ray's one-CPU workers do.
 
-Helpers are forked where the platform can (Linux): a fork costs milliseconds where a fresh
-interpreter re-imports numpy, pyarrow and the embedders (seconds on a busy machine, as much as
-the whole work of a hundred short recordings). The pool forks before this process builds any
-embedder or runs any model, with no Ray in the process and no thread of ours running; each helper
-then limits its thread pools. Elsewhere helpers are spawned, their BLAS loaded single-threaded.
+Helpers are forked where that is safe: on Linux, with the dataset, the store and any checkpoint
+on local paths. A fork costs milliseconds where a fresh interpreter re-imports numpy, pyarrow and
+the embedders (seconds on a busy machine, as much as the whole work of a hundred short
+recordings). The pool forks before this process builds any embedder or runs any model, with no
+Ray in the process and no thread of ours running; each helper then limits its thread pools. An
+object-store client (pyarrow's S3/GCS, started by reading a URI) keeps threads and connections a
+fork would leave broken, so with URIs, and off Linux, helpers are spawned (their BLAS loaded
+single-threaded).
 """
 
 from __future__ import annotations
@@ -94,15 +97,18 @@ def batches(rows: list[dict[str, str]], n_media: int, rows_per_call: int) -> lis
             for i in range(0, len(rows), rows_per_call)]
 
 
-def start_method() -> str:
-    """fork where the platform has it (Linux), else spawn (see the module docstring)."""
-    return "fork" if sys.platform.startswith("linux") else "spawn"
+def start_method(remote: bool) -> str:
+    """fork on Linux when nothing remote was touched (``remote``: a URI among the dataset, the store
+    and the checkpoints), else spawn (see the module docstring)."""
+    return "fork" if sys.platform.startswith("linux") and not remote else "spawn"
 
 
 def run_local(rows: list[dict[str, str]], specs: list[MediumSpec], targets: list[PartTarget], root: str, *,
-              workers: int, rows_per_call: int, on_result: Callable[[dict[str, Any]], None]) -> None:
+              workers: int, rows_per_call: int, on_result: Callable[[dict[str, Any]], None],
+              remote: bool = False) -> None:
     """Embed ``rows`` ({id, path_0, path_1, ...}, as ``MediaActor`` takes them) with ``workers``
-    processes (this one included); ``on_result`` gets each call's result rows as they come."""
+    processes (this one included); ``on_result`` gets each call's result rows as they come.
+    ``remote``: the dataset, store or a checkpoint is a URI (helpers are then spawned)."""
     calls = batches(rows, len(specs), rows_per_call)
     if not calls:
         return
@@ -115,7 +121,7 @@ def run_local(rows: list[dict[str, str]], specs: list[MediumSpec], targets: list
         return
     queue = list(reversed(calls))
     with one_thread_children(), ProcessPoolExecutor(
-            helpers, mp_context=mp.get_context(start_method()), initializer=_start_worker,
+            helpers, mp_context=mp.get_context(start_method(remote)), initializer=_start_worker,
             initargs=(list(specs), list(targets), root)) as pool:
         # the first submissions start the helpers: before this process builds its own embedders
         running = {pool.submit(_call, queue.pop()) for _ in range(min(len(queue), 2 * helpers))}
