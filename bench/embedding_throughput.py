@@ -16,6 +16,9 @@ beforehand so no run pays for cold disk reads), in one run, one after the other:
 * ``job_ray`` (unless ``--no_ray_run``): the same with ``--executor ray``, to place the auto rule's
   size threshold.
 
+With ``--repeats R`` each size runs R rounds of these, the order reversed every other round, and
+reports the median of the rounds' speedups (the build machine's load drifts within minutes).
+
 ``startup_s`` of a job run is its wall time outside the embedding and bookkeeping: interpreter and
 imports, Ray's start and shutdown (``ray_start_seconds`` of its summary), the local executor's pool.
 The 1-minute load average is recorded before each run (the build machine is shared).
@@ -263,36 +266,60 @@ def bounds(stage_s: dict[str, float], scaling: dict[str, float | None]) -> dict[
             "slowest_stage_bound_s": round(spread[slowest], 2)}
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+
+
 def run_size(n: int, args, work: Path, scaling: dict[str, float | None]) -> dict[str, Any]:
+    """``--repeats`` rounds of sequential / job / job_ray, the order reversed every other round (the
+    machine's load drifts); speedups are medians of each round's ratios, run records the median runs."""
     data_root = work / "data"
     name = f"bench_{n}"
     data = sized_dataset(args.source, n, data_root, name, seed=args.seed)
     warm_page_cache(Path(data["path"]))
     seq_out = work / "sequential" / name
-    shutil.rmtree(seq_out, ignore_errors=True)
-    seq_load = load_avg()
-    seq = sequential_run(Path(data["path"]), seq_out, args.audio_embedder, args.symbolic_embedder)
-    seq["load_avg_1min_before"] = seq_load[0] if seq_load else None
+    store = data_root / "embeddings" / name / "embeddings.h5"
+    kinds = ["sequential", "job", *([] if args.no_ray_run else ["job_ray"])]
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    for repeat in range(args.repeats):
+        for kind in (kinds if repeat % 2 == 0 else kinds[::-1]):
+            if kind == "sequential":
+                shutil.rmtree(seq_out, ignore_errors=True)
+                load = load_avg()
+                run = sequential_run(Path(data["path"]), seq_out, args.audio_embedder, args.symbolic_embedder)
+                run["load_avg_1min_before"] = load[0] if load else None
+            else:
+                flags = [*args.job_arg, *(["--executor", "ray"] if kind == "job_ray" else [])]
+                run = job_run(data_root, name, args.num_cpus, flags)
+                run["store"] = work / "stores" / f"{name}_{kind}_{repeat}.h5"  # job_run empties the store folder
+                run["store"].parent.mkdir(parents=True, exist_ok=True)
+                store.replace(run["store"])
+            runs[kind].append(run)
+    for kind in kinds[1:]:
+        for run in runs[kind]:
+            run["max_abs_difference_vs_sequential"] = max_abs_difference(seq_out / "embeddings.h5", run.pop("store"))
+    ratios = {kind: [round(s["seconds"] / j["seconds"], 2) for s, j in zip(runs["sequential"], runs[kind])]
+              for kind in kinds[1:]}
+    seq, job = _median_run(runs["sequential"]), _median_run(runs["job"])
+    job_ray = _median_run(runs["job_ray"]) if "job_ray" in runs else None
+    if job_ray:
+        job_ray["speedup_vs_sequential"] = float(np.median(ratios["job_ray"]))
     others = []
     for repo in args.compare_repo:
         other = job_run(data_root, name, args.num_cpus, args.job_arg, repo=Path(repo))
         other.update(repo=repo, speedup_vs_sequential=round(seq["seconds"] / other["seconds"], 2))
         others.append(other)
-    store = data_root / "embeddings" / name / "embeddings.h5"
-    job = job_run(data_root, name, args.num_cpus, args.job_arg)
-    job["max_abs_difference_vs_sequential"] = max_abs_difference(seq_out / "embeddings.h5", store)
-    job_ray = None
-    if not args.no_ray_run:
-        job_ray = job_run(data_root, name, args.num_cpus, [*args.job_arg, "--executor", "ray"])
-        job_ray["max_abs_difference_vs_sequential"] = max_abs_difference(seq_out / "embeddings.h5", store)
-        job_ray["speedup_vs_sequential"] = round(seq["seconds"] / job_ray["seconds"], 2)
     b = bounds(seq["stage_seconds"], scaling)
     rows_s = {"sequential": n / seq["seconds"], "job": n / job["seconds"], "cpu_bound": n / max(b["cpu_bound_s"], 1e-9)}
     if job_ray:
         rows_s["job_ray"] = n / job_ray["seconds"]
-    speedup = round(seq["seconds"] / job["seconds"], 2)
+    speedup = float(np.median(ratios["job"]))
     return {
-        "rows": n, "data": data, "sequential": seq, "job": job, **({"job_ray": job_ray} if job_ray else {}),
+        "rows": n, "data": data, "repeats": args.repeats, "sequential": seq, "job": job,
+        **({"job_ray": job_ray} if job_ray else {}),
+        "speedups_per_round": ratios,
+        "seconds_per_round": {k: [r["seconds"] for r in v] for k, v in runs.items()},
+        "load_avg_1min_per_round": {k: [r["load_avg_1min_before"] for r in v] for k, v in runs.items()},
         "bounds": b,
         "recordings_per_s": {k: round(v, 2) for k, v in rows_s.items()},
         "audio_seconds_per_s": {k: round(data["audio_seconds"] * v / n, 1) for k, v in rows_s.items()},
@@ -320,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="also time the job from this checkout (repeatable), e.g. the code before a change: "
                         "git archive HEAD | tar -x -C DIR")
     p.add_argument("--no_ray_run", action="store_true", help="skip the --executor ray run at each size")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds per size, alternating the order of the runs; speedups are the medians of the rounds")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
