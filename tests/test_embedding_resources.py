@@ -127,3 +127,20 @@ def test_impossible_gpus_stop_main_before_the_store_is_touched(tmp_path, capsys,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "this machine has 0 GPU(s)" in err
     assert not (tmp_path / "embeddings").exists()
+
+
+def test_helpers_are_forked_only_where_that_is_safe(monkeypatch):
+    import sys
+    import types
+
+    from ray_jobs.generate_embeddings.local import start_method
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: False))
+    assert start_method(remote=False) == "fork"
+    assert start_method(remote=True) == "spawn"  # an object-store client's threads
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: True))
+    assert start_method(remote=False) == "spawn"  # a Ray driver (the demo's shared session)
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: False))
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert start_method(remote=False) == "spawn"

@@ -247,7 +247,9 @@ def test_local_executor_helpers_store_what_one_process_stores(data, tmp_path, re
     as this process alone, every id once, and every result row comes back."""
     from ray_jobs.generate_embeddings.local import run_local, start_method
 
-    assert start_method(remote) == ("spawn" if remote or not sys.platform.startswith("linux") else "fork")
+    ray = sys.modules.get("ray")
+    in_ray = ray is not None and ray.is_initialized()
+    assert start_method(remote) == ("spawn" if remote or in_ray or not sys.platform.startswith("linux") else "fork")
     rows = [{"id": f"rec{k}", "path_0": f"audio/rec{k}.wav", "path_1": f"midi/rec{k}.mid"} for k in range(5)]
     results = {}
     for workers in (1, 2):

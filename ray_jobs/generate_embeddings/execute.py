@@ -155,7 +155,7 @@ def _cpu_pass(runs: list[MediumRun], root, args, executor: str) -> None:
     per_call = rows_per_call(len(rows), actors, args.rows_per_part)
     pool = cpu_pool("CPU embedding actors", args.max_actors, -(-len(rows) // per_call), view)
     if pool.note:
-        print(f"note: {pool.note}")
+        print(f"warning: {pool.note}")
     ds = build_media_dataset(rows, specs, targets, str(root), rows_per_call=per_call, pool=pool)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         _take_all(runs, batch)
@@ -166,7 +166,7 @@ def _gpu_pass(run: MediumRun, root, args) -> None:
 
     pool = gpu_pool(run.label, args.num_gpus, args.actor_cpus, args.max_actors, cluster_view())
     if pool.note:
-        print(f"note: {pool.note}")
+        print(f"warning: {pool.note}")
     ds = build_dataset(run.pending, run.spec, run.target, str(root), pool=pool, max_batch_bytes=args.max_batch_bytes)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         run.take(batch)

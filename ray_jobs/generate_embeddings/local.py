@@ -4,16 +4,17 @@ For small inputs on one machine Ray's fixed costs (importing it, starting a loca
 starting its worker processes, shutting down: ~10 s on the 2-core build machine) exceed the work.
 Here the driver embeds calls itself, one after another, while ``workers - 1`` helper processes
 take the others; every process runs the same ``MediaActor`` the Ray path runs, so the store holds
-the same vectors. Each process uses one BLAS/OpenMP/torch thread, as Ray's one-CPU workers do.
+the same vectors. Each process uses one BLAS/OpenMP/torch thread and sees no GPU, as Ray's one-CPU
+workers do (the local executor runs only media that request no GPU).
 
 Helpers are forked where that is safe: on Linux, with the dataset, the store and any checkpoint
 on local paths. A fork costs milliseconds where a fresh interpreter re-imports numpy, pyarrow and
 the embedders (seconds on a busy machine, as much as the whole work of a hundred short
 recordings). The pool forks before this process builds any embedder or runs any model, with no
-Ray in the process and no thread of ours running; each helper then limits its thread pools. An
-object-store client (pyarrow's S3/GCS, started by reading a URI) keeps threads and connections a
-fork would leave broken, so with URIs, and off Linux, helpers are spawned (their BLAS loaded
-single-threaded).
+thread of ours running; each helper then limits its thread pools. An object-store client
+(pyarrow's S3/GCS, started by reading a URI) and a Ray session in this process keep threads and
+connections a fork would leave broken, so with URIs, in a process already connected to Ray, and
+off Linux, helpers are spawned (their BLAS loaded single-threaded).
 """
 
 from __future__ import annotations
@@ -75,11 +76,13 @@ def one_thread_here() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def one_thread_children() -> Iterator[None]:
-    """Processes started inside the block load their BLAS/OpenMP with one thread (the variables
-    are read at import, before any code of ours runs there)."""
-    saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
+def cpu_only_environment() -> Iterator[None]:
+    """While the block runs, processes started in it load BLAS/OpenMP with one thread (variables
+    read at import), and no process of the run sees a GPU (``CUDA_VISIBLE_DEVICES`` empty, as Ray
+    gives actors without GPUs; read when CUDA is first used): the driver hashed these media for CPUs."""
+    saved = {k: os.environ.get(k) for k in (*THREAD_VARIABLES, "CUDA_VISIBLE_DEVICES")}
     os.environ.update({k: "1" for k in THREAD_VARIABLES})
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
     try:
         yield
     finally:
@@ -99,8 +102,11 @@ def batches(rows: list[dict[str, str]], n_media: int, rows_per_call: int) -> lis
 
 def start_method(remote: bool) -> str:
     """fork on Linux when nothing remote was touched (``remote``: a URI among the dataset, the store
-    and the checkpoints), else spawn (see the module docstring)."""
-    return "fork" if sys.platform.startswith("linux") and not remote else "spawn"
+    and the checkpoints) and this process is no Ray driver (a chain of jobs sharing one session, as
+    the demo does: Ray's gRPC threads do not survive a fork either); else spawn."""
+    ray = sys.modules.get("ray")
+    in_ray = ray is not None and hasattr(ray, "is_initialized") and ray.is_initialized()
+    return "fork" if sys.platform.startswith("linux") and not remote and not in_ray else "spawn"
 
 
 def run_local(rows: list[dict[str, str]], specs: list[MediumSpec], targets: list[PartTarget], root: str, *,
@@ -114,13 +120,13 @@ def run_local(rows: list[dict[str, str]], specs: list[MediumSpec], targets: list
         return
     helpers = max(0, min(workers, len(calls)) - 1)
     if helpers == 0:
-        with one_thread_here():
+        with cpu_only_environment(), one_thread_here():
             own = MediaActor(specs, targets, root)
             for batch in calls:
                 on_result(own(batch))
         return
     queue = list(reversed(calls))
-    with one_thread_children(), ProcessPoolExecutor(
+    with cpu_only_environment(), ProcessPoolExecutor(
             helpers, mp_context=mp.get_context(start_method(remote)), initializer=_start_worker,
             initargs=(list(specs), list(targets), root)) as pool:
         # the first submissions start the helpers: before this process builds its own embedders
