@@ -18,6 +18,10 @@ beforehand so no run pays for cold disk reads), in one run, one after the other:
 
 With ``--repeats R`` each size runs R rounds of these, the order reversed every other round, and
 reports the median of the rounds' speedups (the build machine's load drifts within minutes).
+Before each round ``capacity_probe`` measures how many cores two processes get at that moment
+(busy loops: two at once against one alone; 2.0 on two idle cores): the ceiling of any speedup
+from parallelism on the shared machine. ``cpu_seconds`` compares the work itself (sequential
+process vs the job's whole process tree).
 
 ``startup_s`` of a job run is its wall time outside the embedding and bookkeeping: interpreter and
 imports, Ray's start and shutdown (``ray_start_seconds`` of its summary), the local executor's pool.
@@ -145,6 +149,30 @@ def _probe_worker(args: tuple[str, list[int], str, str]) -> dict[str, float]:
         for row in info.itertuples(index=False):
             _embed_row(row, Path(root), audio, symbolic, sw)
     return {**sw.seconds, "total": time.perf_counter() - t0}
+
+
+def _burn(seconds: float) -> int:
+    """Pure-Python busy work for ``seconds`` of this process's CPU time; the loop count it reached."""
+    count, end = 0, time.process_time() + seconds
+    while time.process_time() < end:
+        count += 1
+    return count
+
+
+def capacity_probe(seconds: float = 1.0) -> float:
+    """Cores this run can get right now: busy-loop throughput of two processes at once over one
+    alone (2.0 on two idle cores). Other users' load on a shared machine lowers it; no design with
+    two processes beats the sequential loop by more than this."""
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ctx.Pool(2) as pool:
+        pool.map(_burn, [0.05, 0.05])  # both workers started
+        t0 = time.perf_counter()
+        pool.apply(_burn, (seconds,))
+        one = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pool.map(_burn, [seconds, seconds], chunksize=1)
+        two = time.perf_counter() - t0
+    return round(2 * one / two, 2)
 
 
 def blas_probe(size: int = 1024, reps: int = 8) -> dict[str, float]:
@@ -281,7 +309,9 @@ def run_size(n: int, args, work: Path, scaling: dict[str, float | None]) -> dict
     store = data_root / "embeddings" / name / "embeddings.h5"
     kinds = ["sequential", "job", *([] if args.no_ray_run else ["job_ray"])]
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    capacity = []
     for repeat in range(args.repeats):
+        capacity.append(capacity_probe())
         for kind in (kinds if repeat % 2 == 0 else kinds[::-1]):
             if kind == "sequential":
                 shutil.rmtree(seq_out, ignore_errors=True)
@@ -320,6 +350,9 @@ def run_size(n: int, args, work: Path, scaling: dict[str, float | None]) -> dict
         "speedups_per_round": ratios,
         "seconds_per_round": {k: [r["seconds"] for r in v] for k, v in runs.items()},
         "load_avg_1min_per_round": {k: [r["load_avg_1min_before"] for r in v] for k, v in runs.items()},
+        "cores_available_per_round": capacity,  # capacity_probe() before each round
+        "cpu_seconds": {"sequential": seq["cpu"].get("own_cpu_s"), "job": job["cpu"].get("tree_cpu_s"),
+                        **({"job_ray": job_ray["cpu"].get("tree_cpu_s")} if job_ray else {})},
         "bounds": b,
         "recordings_per_s": {k: round(v, 2) for k, v in rows_s.items()},
         "audio_seconds_per_s": {k: round(data["audio_seconds"] * v / n, 1) for k, v in rows_s.items()},
