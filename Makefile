@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,openl3,clap,clamp,musicnn,basic_pitch,hear
+EXTRAS ?= dev,openl3,clap,clamp,musicnn,basic-pitch,hear
 # Installed --no-deps: their metadata pins old numpy or pulls TensorFlow; what their code really
 # imports is listed in the extra of the same name (pyproject.toml).
 LAION_CLAP ?= laion-clap==1.1.7
@@ -15,7 +15,10 @@ PYTEST_ARGS ?=
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: demo test install clean-venv
+GPU_CHECK_OUT ?= bench/results/gpu_check.json
+GPU_CHECK_ARGS ?=
+
+.PHONY: demo test bench gpu-check install clean-venv
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
 	case ",$(EXTRAS)," in *,clap,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(LAION_CLAP);; esac
 	case ",$(EXTRAS)," in *,musicnn,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(MUSICNN);; esac
-	case ",$(EXTRAS)," in *,basic_pitch,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(BASIC_PITCH);; esac
+	case ",$(EXTRAS)," in *,basic-pitch,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(BASIC_PITCH);; esac
 	case ",$(EXTRAS)," in *,hear,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(HEAR_PKGS);; esac
 	touch $(STAMP)
 
@@ -34,6 +37,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# benchmark scripts end to end (the tests behind the `bench` marker, deselected elsewhere)
+bench: $(STAMP)
+	$(PY) -m pytest -m bench $(PYTEST_ARGS)
+
+# the prepared GPU check (<= 10 minutes on one GPU; JSON in $(GPU_CHECK_OUT)); GPU_CHECK_ARGS=--dry_run on a CPU
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -118,6 +118,14 @@ class Progress:
             self._emit(final=True)
         self._closed = True
 
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks into the experiment checkpoint: a console stream cannot be pickled
+        # (a restored copy prints to this process's stdout)
+        return {k: v for k, v in self.__dict__.items() if k not in ("stream", "clock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, stream=sys.stdout, clock=time.monotonic)
+
     def __enter__(self) -> Progress:
         return self
 

@@ -4,7 +4,8 @@
 control, which can only map whole clusters to labels, lands near chance with little spread) whose audio frames sit around
 well-separated centres (every frame, so the average and every sequence probe can find them);
 ``tempo`` is a linear function of two audio features plus small noise; ``player`` is a grouping
-column (4 recordings per player, one style per player); variable-length sequences (2 to 6 frames).
+column (4 recordings per player, one style per player); ``drummer`` (with ``drummers=k``) a coarse
+one: k groups that each play every style, as GMD's 10 drummers do; variable-length sequences (2 to 6 frames).
 The symbolic medium is pure noise. Optional extras: a ``split`` column, a rare class, empty labels.
 ``MeanPoolNet`` is a custom model in the seed's interface, for ``--model tests.classifier_factory:MeanPoolNet``.
 """
@@ -27,7 +28,7 @@ DIM_A, DIM_S = 8, 5
 
 
 def separable_store(root: Path, n: int = 160, *, with_split: bool = False, rare_rows: int = 0,
-                    empty_labels: int = 0, seed: int = 0) -> Path:
+                    empty_labels: int = 0, seed: int = 0, drummers: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     root = Path(root)
     styles = np.array(STYLES)[np.arange(n) // 4 % len(STYLES)]            # players of 4 rows share a style
@@ -43,7 +44,8 @@ def separable_store(root: Path, n: int = 160, *, with_split: bool = False, rare_
         tempo = 100 + 10 * frames.mean(0)[0] - 7 * frames.mean(0)[1] + rng.normal(0, 0.5)
         label = "" if i < empty_labels else style
         row = {"id": f"r{i:04d}", "audio_filename": f"a/{i}.wav", "midi_filename": f"m/{i}.mid", "style": label,
-               "tempo": round(float(tempo), 3), "player": f"p{i // 4:03d}"}
+               "tempo": round(float(tempo), 3), "player": f"p{i // 4:03d}",
+               "drummer": f"d{i // 4 % drummers}" if drummers else ""}
         if with_split:
             row["split"] = ("train", "train", "train", "val", "test")[i // 4 % 5] if i < n else "train"
         rows.append(row)

@@ -21,3 +21,14 @@ def ray_session():
     ray.init(num_cpus=2, dashboard_host="127.0.0.1", ignore_reinit_error=True, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """``bench`` tests (benchmark scripts end to end) run only when ``-m`` names the marker
+    (``pytest -m bench``, ``make bench``); every other run deselects them."""
+    if "bench" in (config.getoption("markexpr") or ""):
+        return
+    dropped = [item for item in items if item.get_closest_marker("bench")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not item.get_closest_marker("bench")]

@@ -12,7 +12,8 @@ from tests.classifier_factory import STYLES, A, separable_store
 from training.classifier_data import TaskDataError, load_task
 from training.classifier_metrics import classification_metrics, regression_metrics, t_interval
 from training.classifiers import PROBES, ModelSpecError, build_model, resolve_spec
-from training.experiment import ClassificationExperiment, TrainConfig, run_seeds, shuffled_control
+from training.experiment import ClassificationExperiment, TrainConfig
+from training.seed_runs import run_seeds, shuffled_control
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -94,11 +95,16 @@ def test_split_column_honoured_and_small_classes_and_empty_labels_dropped(split_
     assert data.provenance["rows_used"] == 160 - 3
 
 
-def test_group_crossing_a_given_split_is_refused(split_store):
-    with pytest.raises(TaskDataError, match="--group_column style.*several splits"):
-        load_task(split_store, A, "tempo", group_column="style", task="regression")
+def test_group_crossing_a_given_split_is_refused_or_replaced(split_store):
+    """--cv none keeps the given split or refuses it; auto (the default) draws a grouped split instead."""
+    with pytest.raises(TaskDataError, match="--group_column style.*several splits.*--cv logo"):
+        load_task(split_store, A, "tempo", group_column="style", task="regression", cv="none")
+    drawn = load_task(split_store, A, "tempo", group_column="style", task="regression")
+    assert drawn.provenance["split_source"].startswith("column 'split' ignored: 8 style group(s)")
+    for group in set(drawn.groups):
+        assert len(set(drawn.split[drawn.groups == group])) == 1, group
     ok = load_task(split_store, A, "style", group_column="player")    # players lie within one split
-    assert len(ok.ids) == 157
+    assert len(ok.ids) == 157 and ok.provenance["split_source"] == "column 'split'"
 
 
 def test_bad_label_and_group_column_name_it(store):
@@ -161,11 +167,19 @@ def test_regression_path(store):
 
 
 def test_run_seeds_interval_baseline_and_control(store):
+    from scipy.stats import binomtest
+
     data = load_task(store, A, "style")
     out = run_seeds(data, TrainConfig(model="linear", num_epochs=15, learning_rate=0.01), seeds=[0, 1, 2], device="cpu")
     assert out["metric"] == "accuracy" and len(out["test_scores"]) == 3 == len(out["shuffled_scores"])
-    assert out["ci_lo"] <= out["mean"] <= out["ci_hi"] and "Student t" in out["interval"]
     assert out["baseline"] < 0.3 and np.mean(out["shuffled_scores"]) < 0.4 and out["mean"] > 0.9
+    # accuracy: Wilson over the test items (scipy's as the reference), never a t-interval past 1
+    n = len(data.index("test"))
+    assert out["n_test"] == n and "Wilson" in out["interval"]
+    reference = binomtest(round(out["mean"] * n), n).proportion_ci(method="wilson")
+    assert (out["ci_lo"], out["ci_hi"]) == pytest.approx((reference.low, reference.high), abs=1e-9)
+    assert 0 <= out["ci_lo"] <= out["mean"] <= out["ci_hi"] <= 1
+    assert 0 <= out["seed_interval"]["ci_lo"] <= out["seed_interval"]["ci_hi"] <= 1
     import json
     json.dumps(out, default=str)                              # JSON-able
 

@@ -44,6 +44,7 @@ def synthetic_store(root, n=N, missing_symbolic=("r3",)):
     info = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "audio_filename": [f"a/{i}.wav" for i in range(n)],
                          "midi_filename": [f"m/{i}.mid" for i in range(n)], "style": styles,
                          "bpm": 60.0 + rng.uniform(0, 100, n).round(1), "piece": [f"p{i // 2}" for i in range(n)],
+                         "session": [f"s{i % 4}" for i in range(n)],
                          "split": np.where(np.arange(n) % 3 == 0, "test", np.where(np.arange(n) % 7 == 0,
                                                                                     "validation", "train"))})
     wa = ShardWriter(root, A, "aud", "h", {"embedder": "aud"}, 16)
@@ -240,6 +241,74 @@ def test_missing_file_flag_and_too_few_rows(tmp_path, capsys):
     assert "at least 20" in capsys.readouterr().err
 
 
+def test_retrieval_split_keeps_groups_on_one_side():
+    """A split column that puts a group on both sides is not used; whole groups are drawn, about half each."""
+    from ray_jobs.compare_embeddings.rows import retrieval_split
+
+    n = 60
+    meta = pd.DataFrame({"split": np.where(np.arange(n) % 3 == 0, "test", "train"), "piece": [f"p{i // 2}" for i in range(n)],
+                         "block": [f"b{i // 30}" for i in range(n)]})
+    train, test, desc = retrieval_split(meta, seed=0)
+    assert test.size == 20 and "metadata 'split'" in desc
+    train, test, desc = retrieval_split(meta, seed=0, group_column="piece")
+    pieces = meta["piece"].to_numpy()
+    assert not set(pieces[train]) & set(pieces[test]) and train.size + test.size == n
+    assert abs(test.size - n / 2) <= 2 and "seeded 50/50 of whole piece groups" in desc and "not used" in desc
+    kept = retrieval_split(meta.assign(split=np.where(np.arange(n) < 30, "test", "train")), 0, "block")
+    assert kept[1].size == 30 and "no block group on both sides" in kept[2]      # a grouped split column is kept
+    _, _, desc = retrieval_split(meta.drop(columns="split"), seed=0, group_column="piece")
+    assert "no 'split' column" in desc
+
+
+def test_few_groups_use_leave_one_group_out_and_other_media_pairs(store, runs, tmp_path):
+    """4 sessions < 5 folds: the label metrics become leave-one-group-out (5-fold grouped CV would need 5);
+    --media in the other order pairs the same rows through the generic path: linear CKA is symmetric."""
+    out = tmp_path / "sessions"
+    assert compare_embeddings.main(["--h5_path", str(store), "--output_dir", str(out), "--label", "style",
+                                    "--group_column", "session", *FAST]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["labels"]["n_splits"] == 4 and m["labels"]["cv"].startswith("leave-one-group-out over 4 session groups")
+    assert "seeded 50/50 of whole session groups" in m["retrieval_split"]
+    swapped = tmp_path / "swapped"
+    assert compare_embeddings.main(["--h5_path", str(store), "--output_dir", str(swapped), "--standardize", "none",
+                                    "--media", f"{S},{A}", *FAST]) == 0
+    plain = json.loads((runs["plain"] / "metrics.json").read_text())
+    turned = json.loads((swapped / "metrics.json").read_text())
+    assert turned["inputs"]["media"] == [S, A] and turned["counts"]["paired"] == plain["counts"]["paired"]
+    assert (turned["inputs"]["audio_embedder"], turned["inputs"]["symbolic_embedder"]) == ("sym", "aud")
+    assert turned["spaces"]["metrics"]["linear_cka"]["value"] == pytest.approx(
+        plain["spaces"]["metrics"]["linear_cka"]["value"], abs=1e-9)
+    assert compare_embeddings.main(["--h5_path", str(store), "--output_dir", str(tmp_path / "x"),
+                                    "--media", A, *FAST]) == 2
+
+
+def test_symbolic_against_transcribed_same_embedder(tmp_path):
+    """The transcribed medium beside the symbolic one, one embedder: only the medium differs."""
+    rng = np.random.default_rng(3)
+    n = 40
+    info = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "audio_filename": [f"a/{i}.wav" for i in range(n)],
+                         "midi_filename": [f"m/{i}.mid" for i in range(n)]})
+    ws = ShardWriter(tmp_path, S, "roll", "h", {"embedder": "roll"}, 16)
+    wt = ShardWriter(tmp_path, "transcribed_embeddings", "roll", "h", {"embedder": "roll"}, 16)
+    for i, item_id in enumerate(info["id"]):
+        frames = rng.standard_normal((2, DIM)).astype(np.float32)
+        ws.add(item_id, frames)
+        if i % 10:  # every tenth transcription failed
+            wt.add(item_id, frames + 0.1 * rng.standard_normal((2, DIM)).astype(np.float32))
+    ws.flush()
+    wt.flush()
+    consolidate(tmp_path, info, tmp_path / "embeddings.h5", provenance={"dataset": "synthetic"})
+    out = tmp_path / "out"
+    assert compare_embeddings.main(["--h5_path", str(tmp_path / "embeddings.h5"), "--output_dir", str(out),
+                                    "--media", f"{S}:roll,transcribed_embeddings:roll", *FAST]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["inputs"]["media"] == [S, "transcribed_embeddings"] and m["inputs"]["embedders"] == ["roll", "roll"]
+    assert m["counts"]["paired"] == 36 and m["counts"]["valid_transcribed"] == 36
+    assert m["spaces"]["metrics"]["linear_cka"]["value"] > 0.9  # a noisy copy
+    page = (out / "report.html").read_text()
+    assert "Symbolic vs transcribed: roll vs roll" in page and "valid transcribed 36" in page
+
+
 @pytest.mark.browser
 def test_report_renders_in_a_browser(runs):
     from tests.browser import load_page
@@ -252,6 +321,19 @@ def test_report_renders_in_a_browser(runs):
 
 
 # --------------------------------------------------------------------------------------------- end to end
+def _hand_linear_cka(h5_path) -> float:
+    """Linear CKA of the z-scored averages of the rows valid in both media (the job's defaults)."""
+    import h5py
+
+    from tests import references
+
+    with h5py.File(h5_path, "r") as f:
+        audio, symbolic = f[f"{A}/melstats"], f[f"{S}/pianoroll"]
+        both = audio["valid"][...] & symbolic["valid"][...]
+        return references.linear_cka(references.zscore(audio["average"][...][both]),
+                                     references.zscore(symbolic["average"][...][both]))
+
+
 @pytest.mark.slow
 def test_on_a_store_written_by_generate_embeddings(ray_session, tmp_path, capsys):
     from ray_jobs.generate_embeddings import job as generate_embeddings
@@ -269,7 +351,8 @@ def test_on_a_store_written_by_generate_embeddings(ray_session, tmp_path, capsys
         assert m["counts"]["paired"] == 24 and m["counts"]["dropped"] == 0
         assert (m["inputs"]["audio_embedder"], m["inputs"]["symbolic_embedder"]) == ("melstats", "pianoroll")
         assert m["spaces"]["settings"]["n_test"] == 12  # make_dataset alternates train/test
-        assert 0.0 <= m["spaces"]["metrics"]["linear_cka"]["value"] <= 1.0
+        # the value itself, from the file read with h5py and Kornblith's formula by hand (tests/references.py)
+        assert m["spaces"]["metrics"]["linear_cka"]["value"] == pytest.approx(_hand_linear_cka(h5), rel=1e-4)
         assert {"metrics.csv", "null_distributions.npz", "report.html"} <= {p.name for p in out.iterdir()}
     lab = m["labels"]
     assert lab["task"] == "classification" and 0.0 <= lab["audio"]["knn"]["value"] <= 1.0

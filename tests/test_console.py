@@ -83,6 +83,16 @@ def test_a_group_in_a_log_prints_each_member_line():
                                                 "midi: 2/2 rows (100%), 2.0 rows/s, elapsed 0:01, 1 failed"]
 
 
+def test_survives_pickling_as_tune_does_with_callbacks():
+    import pickle
+
+    out, clock = io.StringIO(), Clock()
+    progress = Progress("trials", 4, stream=out, clock=clock)
+    progress.update(done=1)
+    copy = pickle.loads(pickle.dumps(progress))
+    assert copy.done == 1 and copy.total == 4 and copy.stream is not out
+
+
 def test_nothing_for_an_empty_total():
     out = io.StringIO()
     with Progress("nothing", 0, stream=out) as progress:

@@ -50,7 +50,7 @@ def test_mlflow_ui_shows_the_sweep_experiment_and_its_runs(ray_session, tmp_path
         # cross-check through the REST API: as many trial runs as the sweep's own records list
         trials = api(url, "runs/search", {"experiment_ids": [experiment_id], "filter": "tags.`avs.role` = 'trial'",
                                           "max_results": 1000})["runs"]
-        assert len(trials) == sum(len(s["trials"]) for s in searches.values()) == 4
+        assert len(trials) == sum(len(s["trials"]) for s in searches.values()) == 16   # 4 tasks x 4 configurations
 
         # the experiment list names the sweep
         _render_until(f"{url}/#/experiments", [experiment_name])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -158,10 +159,17 @@ def test_two_worker_run_survives_a_failure_and_a_rerun_continues(ray_session, tm
     assert (run_dir / ".injected_failure").exists(), "the failure was not injected"
     history = json.loads((run_dir / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1], "epoch 0 must not be redone after the restart"
-    assert summary["epochs_run"] == 2 and summary["test_perplexity"] > 1
-    assert summary["unigram_test_perplexity"] > 1
     loaded = load_checkpoint(summary["model_path"])  # weights_only=True inside
-    assert loaded.config.embed_dim == 32 and not any(k.startswith("module.") for k in loaded.model.state_dict())
+    # perplexity > 1 holds for any cross-entropy; these can fail: each is exp of its reported loss, the unigram
+    # baseline beats uniform guessing over the vocabulary, and a model trained this briefly (2 tiny epochs) is
+    # still near the uniform level ~V, as an untrained one is (test_references_models.py); a loss normalised by
+    # the wrong count lands far from it
+    assert summary["epochs_run"] == 2
+    assert summary["test_perplexity"] == pytest.approx(math.exp(summary["test_loss"]))
+    assert summary["unigram_test_perplexity"] == pytest.approx(math.exp(summary["unigram_test_loss"]))
+    vocab = loaded.config.vocab_size
+    assert summary["unigram_test_perplexity"] < 0.7 * vocab, summary
+    assert 0.5 * vocab < summary["test_perplexity"] < 1.5 * vocab, summary
     ids = torch.randint(4, loaded.config.vocab_size, (1, 10))
     _, pooled = loaded.model.embed(ids, torch.ones_like(ids, dtype=torch.bool))
     assert pooled.shape == (1, 32)

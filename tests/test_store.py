@@ -11,7 +11,7 @@ from embedders.store.legacy import LegacyFormatError
 from embedders.store.parts import ShardWriter, StoreError, prepare_medium, read_errors, write_errors, write_metadata
 from embedders.store.reader import describe, list_embedders, load, load_pair
 
-A, S = "audio_embeddings", "symbolic_embeddings"
+A, S, T = "audio_embeddings", "symbolic_embeddings", "transcribed_embeddings"
 
 
 def info_frame(n=5):
@@ -93,7 +93,7 @@ def test_embedder_choice_errors(tmp_path):
         w.add("r0", np.ones((1, 2), np.float32))
         w.flush()
     consolidate(tmp_path, info, tmp_path / "e.h5", provenance={})
-    assert list_embedders(tmp_path / "e.h5") == {A: ["one", "two"], S: []}
+    assert list_embedders(tmp_path / "e.h5") == {A: ["one", "two"], S: [], T: []}
     with pytest.raises(StoreError, match="several .* choose one"):
         load(tmp_path / "e.h5", A)
     with pytest.raises(StoreError, match="no audio_embeddings embedder 'three'"):
@@ -207,7 +207,7 @@ def test_store_folder_reads_like_the_consolidated_file(tmp_path):
     assert list(load(tmp_path, A, label="style").labels) == ["jazz", "jazz", "rock"]
     pair_f, pair_h = load_pair(tmp_path, label="bpm"), load_pair(h5, label="bpm")
     assert list(pair_f.ids) == list(pair_h.ids) == ["r0", "r2", "r4"] and pair_f.counts == pair_h.counts
-    assert list_embedders(tmp_path) == list_embedders(h5) == {A: ["emb_aud"], S: ["emb_sym"]}
+    assert list_embedders(tmp_path) == list_embedders(h5) == {A: ["emb_aud"], S: ["emb_sym"], T: []}
     assert describe(tmp_path)["dataset"] == describe(h5)["dataset"] == "t"
     assert '"x": "1"' in describe(tmp_path)["versions"]
     # the legacy export is the same from either form
@@ -271,3 +271,37 @@ def test_a_failed_write_leaves_no_part(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         w.flush()
     assert not list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_load_pair_pairs_any_two_media_by_id(tmp_path):
+    info = info_frame()
+    write_store(tmp_path, info, {A: ["r0", "r1", "r2"], S: ["r4", "r0", "r2", "r3"], T: ["r3", "r2", "r0"]},
+                dims={A: 4, S: 3, T: 5})
+    for source in (tmp_path, tmp_path / "embeddings.h5"):
+        pair = load_pair(source, media=(T, S), embedding_type="sequence")
+        assert pair.media == (T, S) and pair.embedders == ("emb_tra", "emb_sym") and list(pair.ids) == ["r0", "r2", "r3"]
+        assert pair.counts == {"rows_in_file": 5, "valid_transcribed": 3, "valid_symbolic": 4, "missing_label": 0,
+                               "paired": 3, "dropped": 2}
+        for item_id, first, second in zip(pair.ids, pair.first, pair.second):
+            np.testing.assert_array_equal(first, seq_for(item_id, 5, T))
+            np.testing.assert_array_equal(second, seq_for(item_id, 3, S))
+        assert pair.get(S) is pair.second and pair.descriptions[0] == {"embedder": "emb_tra"}
+        with pytest.raises(AttributeError, match=r"this pair holds \('transcribed_embeddings', 'symbolic_embeddings'\)"):
+            _ = pair.symbolic
+        with pytest.raises(KeyError):
+            pair.get(A)
+        # the seed's call and names are unchanged
+        seed = load_pair(source, "emb_aud", "emb_sym")
+        assert seed.media == (A, S) and list(seed.ids) == ["r0", "r2"] and seed.audio_embedder == "emb_aud"
+        assert seed.audio is seed.first and seed.symbolic_embedder == "emb_sym"
+        assert list(load_pair(source, symbolic_embedder="emb_sym", media=(S, T)).ids) == ["r0", "r2", "r3"]
+    with pytest.raises(ValueError, match="two different media"):
+        load_pair(tmp_path, media=(S, S))
+    with pytest.raises(ValueError, match="audio_embedder='emb_aud' given, but media are"):
+        load_pair(tmp_path, "emb_aud", media=(S, T))
+    with pytest.raises(ValueError, match="given twice"):
+        load_pair(tmp_path, symbolic_embedder="emb_sym", media=(S, T), embedders=("emb_sym", None))
+    with pytest.raises(StoreError, match="no transcribed_embeddings embedder 'nope'"):
+        load_pair(tmp_path, media=(S, T), embedders=(None, "nope"))
+    with pytest.raises(ValueError, match="medium must be one of"):
+        load_pair(tmp_path, media=(S, "midi"))

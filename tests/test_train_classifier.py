@@ -43,7 +43,8 @@ def test_defaults_match_the_seed():
         (32, 0.001, 50, None, "average")
     parser = train_classifier.build_parser()
     medium = next(a for a in parser._actions if a.dest == "medium")
-    assert medium.required and tuple(medium.choices) == ("audio_embeddings", "symbolic_embeddings")
+    # the seed's two media, and the transcribed medium this project adds (a symbolic embedder on the audio's transcription)
+    assert medium.required and tuple(medium.choices) == ("audio_embeddings", "symbolic_embeddings", "transcribed_embeddings")
     assert all(next(a for a in parser._actions if a.dest == d).required for d in ("h5_path", "label"))
 
 
@@ -94,6 +95,51 @@ def test_custom_model_sequence_and_regression(store, tmp_path):
     seeds = json.loads((reg / "seeds.json").read_text())
     assert seeds["metric"] == "r2" and len(seeds["test_scores"]) == 2 and len(seeds["shuffled_scores"]) == 2
     assert not (reg / "confusion_matrix.json").exists()
+
+
+def test_five_drummers_are_cross_validated_leave_one_group_out(tmp_path, capsys):
+    """The GMD case: --group_column drummer --split_column none with 5 drummers cannot give every split a
+    drummer; the job cross-validates instead, scores every recording once and says so."""
+    h5 = separable_store(tmp_path / "store", drummers=5)
+    base = ["--h5_path", str(h5), "--medium", A, "--label", "style", "--group_column", "drummer",
+            "--split_column", "none", "--num_epochs", "4", "--learning_rate", "0.05"]
+    assert train_classifier.main([*base, "--cv", "none"]) == 2
+    assert "--cv logo" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert train_classifier.main([*base, "--seeds", "2", "--save_dir", str(out)]) == 0
+    assert "leave-one-group-out cross-validation over 5 groups" in capsys.readouterr().out
+    history = json.loads((out / "training_history.json").read_text())
+    assert history["test"]["n"] == 160 and history["cv"]["kind"] == "logo" and history["cv"]["n_folds"] == 5
+    items = history["test_items"]
+    assert len(items["test_ids"]) == 160 == len(set(items["test_ids"])) and sorted(set(items["test_folds"])) == [0, 1, 2, 3, 4]
+    assert len(items["test_predictions"]) == 2 and history["test"]["accuracy"] > 0.9
+    seeds = json.loads((out / "seeds.json").read_text())
+    assert 0 <= seeds["ci_lo"] <= seeds["mean"] <= seeds["ci_hi"] <= 1 and seeds["evaluation"]["kind"] == "logo"
+    # the saved model is fold 1's; --model_path evaluates it on that fold's held-out drummer
+    assert train_classifier.main([*base, "--model_path", str(out / "best_model.pth"),
+                                  "--save_dir", str(tmp_path / "eval")]) == 0
+    evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert evaluation["test"]["n"] == 32
+
+
+def test_runs_on_different_media_score_the_same_test_rows(tmp_path):
+    """20% of the audio rows are invalid and the split is drawn: by default (--rows shared) an audio run and
+    a symbolic run test the same recordings; --rows medium gives each its own rows and test set."""
+    from tests.sweep_factory import tiny_store
+
+    h5 = tiny_store(tmp_path / "store", invalid_audio=0.2)
+    digests = {}
+    for rows in ("shared", "medium"):
+        for medium in (A, "symbolic_embeddings"):
+            out = tmp_path / f"{rows}_{medium}"
+            assert train_classifier.main(["--h5_path", str(h5), "--medium", medium, "--label", "style",
+                                          "--split_column", "none", "--num_epochs", "2", "--rows", rows,
+                                          "--save_dir", str(out)]) == 0
+            history = json.loads((out / "training_history.json").read_text())
+            assert history["test_items"]["test_ids_sha256"] == history["provenance"]["test_ids_sha256"]
+            digests[rows, medium] = history["test_items"]["test_ids_sha256"]
+    assert digests["shared", A] == digests["shared", "symbolic_embeddings"]
+    assert digests["medium", A] != digests["medium", "symbolic_embeddings"]
 
 
 def test_default_save_dir_pattern(store, tmp_path, monkeypatch):

@@ -2,8 +2,7 @@
 
 ``ClassificationExperiment(data, TrainConfig(...)).fit()`` then ``.evaluate("test")`` and
 ``.save(save_dir)`` (``best_model.pth`` + ``training_history.json`` + confusion matrix JSON/PNG).
-``run_seeds`` repeats this over seeds beside its two controls: a majority-class (or train-mean)
-baseline and the same configuration trained on shuffled labels.
+``training.seed_runs.run_seeds`` repeats this over seeds (and folds) beside its controls.
 
 Standardisation (z-score per feature; for sequences over all training frames) and, for
 regression, the target's scale are fitted on the training split only and saved with the model.
@@ -16,7 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from torch import nn
 from analysis.report.plots import confusion_png
 from embedders.store.atomic import atomic_path, atomic_write_bytes, write_json
 from training.classifier_data import TaskData
-from training.classifier_metrics import classification_metrics, majority_baseline, mean_baseline, regression_metrics, t_interval
+from training.classifier_metrics import classification_metrics, majority_baseline, mean_baseline, regression_metrics
 from training.classifiers import build_model, resolve_spec, takes_lengths
 
 MODEL_FILE = "best_model.pth"
@@ -193,17 +192,24 @@ class ClassificationExperiment:
             "medium": self.data.provenance.get("medium"), "embedder": self.data.provenance.get("embedder"),
             "mean": torch.from_numpy(self.mean), "std": torch.from_numpy(self.std),
             "y_mean": self.y_mean, "y_std": self.y_std, "best_epoch": self.best_epoch,
-            "test_ids_sha256": self.data.provenance.get("test_ids_sha256"),
+            # the test ids this model was scored on (under cross-validation: its own fold's)
+            "test_ids_sha256": self.data.split_sha256(),
+            "cv_fold": self.data.fold_index if self.data.folds is not None else None,
             "config": dataclasses.asdict(self.config),
         }
 
-    def save(self, save_dir, extra: dict | None = None) -> dict:
-        """best_model.pth, training_history.json and (classification) confusion_matrix.json/.png."""
+    def save(self, save_dir, extra: dict | None = None, test_result: dict | None = None) -> dict:
+        """best_model.pth, training_history.json and (classification) confusion_matrix.json/.png.
+
+        ``test_result`` replaces this model's own test metrics in the files (cross-validation: the
+        scores pooled over every fold, where each row is test once)."""
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(save_dir / MODEL_FILE) as tmp:
             torch.save(self.state(), tmp)
         results = {split: self.evaluate(split) for split in ("validation", "test")}
+        if test_result is not None:
+            results["test"] = test_result
         record = {"config": dataclasses.asdict(self.config), "model": self.spec, "model_kwargs": self.model_kwargs,
                   "task": self.data.task, "best_epoch": self.best_epoch, "epochs_run": len(self.history),
                   "history": self.history, "validation": results["validation"], "test": results["test"],
@@ -237,8 +243,14 @@ class ClassificationExperiment:
         if wrong:
             raise ModelFileError(f"--model_path {model_path} does not fit this task: " + "; ".join(
                 f"{flag}: model has {a!r}, data has {b!r}" for flag, (a, b) in wrong.items()))
-        digest = data.provenance.get("test_ids_sha256")
-        if state.get("test_ids_sha256") and digest and state["test_ids_sha256"] != digest:
+        if data.folds is not None:   # a cross-validated task: the model is evaluated on the fold it was trained in
+            fold = state.get("cv_fold")
+            if fold is None or not 0 <= int(fold) < data.n_folds:
+                raise ModelFileError(f"--model_path {model_path} was not trained on one of this task's "
+                                     f"{data.n_folds} cross-validation folds (cv_fold {fold!r})")
+            data = data.fold(int(fold))
+        digest = data.split_sha256()
+        if state.get("test_ids_sha256") and state["test_ids_sha256"] != digest:
             print(f"warning: {model_path} was scored on a different test split than this one; pass the --seed, "
                   "--split_column and --group_column it was trained with to reproduce its test metrics")
         config = TrainConfig(**state["config"])
@@ -255,52 +267,3 @@ class ClassificationExperiment:
         return exp
 
 
-def shuffled_labels(data: TaskData, seed: int) -> TaskData:
-    """The control: training and validation labels permuted among themselves; test labels untouched."""
-    rng = np.random.default_rng(10_000 + seed)
-    y = data.y.copy()
-    fit_rows = np.flatnonzero(data.split != "test")
-    y[fit_rows] = y[fit_rows][rng.permutation(len(fit_rows))]
-    return data.with_labels(y)
-
-
-def shuffled_control(data: TaskData, config: TrainConfig, device: str | None = None) -> dict:
-    """Test metrics of the same configuration trained (and model-selected) on permuted labels."""
-    control = ClassificationExperiment(shuffled_labels(data, config.seed), config, device=device)
-    control.fit()
-    out = control.evaluate("test")
-    keys = (("accuracy", "balanced_accuracy", "macro_f1") if data.task == "classification" else ("mae", "rmse", "r2"))
-    return {k: out[k] for k in keys} | {"best_epoch": control.best_epoch, "seed": config.seed,
-                                         "what": "train and validation labels permuted, test labels untouched"}
-
-
-def run_seeds(data: TaskData, config: TrainConfig, seeds: Sequence[int],
-              on_epoch: Callable[[int, dict], None] | None = None, device: str | None = None,
-              on_seed: Callable[[int, ClassificationExperiment, dict], None] | None = None) -> dict:
-    """Train and test once per seed, and the shuffled-label control per seed; mean and t-interval over seeds.
-
-    ``on_seed(seed, experiment, control)`` is called after each seed with the fitted experiment and its
-    shuffled-label control (the CLI saves the first seed's model from there instead of training it twice).
-    """
-    metric = "accuracy" if data.task == "classification" else "r2"
-    per_seed, shuffled = [], []
-    for seed in seeds:
-        cfg = dataclasses.replace(config, seed=int(seed))
-        exp = ClassificationExperiment(data, cfg, device=device)
-        exp.fit(on_epoch=on_epoch)
-        result = exp.evaluate("test")
-        result.update(seed=int(seed), best_epoch=exp.best_epoch, epochs_run=len(exp.history))
-        per_seed.append(result)
-        control = shuffled_control(data, cfg, device=device)
-        shuffled.append(control[metric])
-        if on_seed is not None:
-            on_seed(int(seed), exp, control)
-    scores = [r[metric] for r in per_seed]
-    baseline = per_seed[0]["baseline"]
-    return {
-        "metric": metric, "seeds": [int(s) for s in seeds], "test_scores": scores, "shuffled_scores": shuffled,
-        "baseline": float(baseline[metric]), "baseline_detail": baseline,
-        **{k: v for k, v in t_interval(scores).items()}, "interval": "Student t over seeds (training variability)",
-        "shuffled": t_interval(shuffled), "per_seed": per_seed, "config": dataclasses.asdict(config),
-        "n_test": int(len(data.index("test"))), "provenance": data.provenance,
-    }

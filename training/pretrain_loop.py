@@ -8,6 +8,15 @@ mean of per-worker means would weight workers wrongly).
 Evaluation masks each sequence with a generator seeded from (seed, its token ids), so the masked
 positions are the same in every epoch, for every batch size and DDP sharding, and for the
 unigram baseline that ``unigram_perplexity`` computes on exactly the same positions.
+
+The GPU path (the same code, with the model on CUDA) avoids host synchronisation per step: masks,
+scored positions and targets are computed on the CPU, where the batch is (so their sizes are
+known without asking the device), and copied in one go from pinned memory without blocking
+(``StepBatch``); losses are summed on the device and read once per epoch; a batch without padding
+goes to the model without a padding mask, so attention can take the fused kernels
+(``scaled_dot_product_attention`` with no mask); AdamW is the fused CUDA kernel. Every batch runs
+backward, also one without a masked token: a DDP rank that skipped it would leave the others
+waiting in the gradient all-reduce. On the CPU the numbers are the same as before these changes.
 """
 
 from __future__ import annotations
@@ -17,22 +26,29 @@ import hashlib
 import math
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from embedders.symbolic.midi_transformer.transformer import IGNORE, mask_tokens, masked_lm_loss, mlm_loss, perplexity, unwrap
+from embedders.symbolic.midi_transformer.transformer import IGNORE, mask_tokens, perplexity, unwrap
+
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 # ---------------------------------------------------------------------------------------------
 # Optimiser and schedule
 # ---------------------------------------------------------------------------------------------
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
-                   betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+                   betas: tuple[float, float] = (0.9, 0.999), fused: bool | None = None) -> torch.optim.AdamW:
     """AdamW; weight decay only on matrices of linear/attention layers, not on norms, biases, embeddings
-    (decaying those pulls rare tokens' embeddings and LayerNorm gains towards 0 for no benefit)."""
+    (decaying those pulls rare tokens' embeddings and LayerNorm gains towards 0 for no benefit).
+
+    ``fused`` None: the fused kernel (one launch for all parameters) when every parameter is on
+    CUDA, the default implementation elsewhere (so CPU runs keep their numbers). Build it after
+    the model is on its device."""
     decay, no_decay, seen = [], [], set()
     for module in unwrap(model).modules():
         for _, p in module.named_parameters(recurse=False):
@@ -41,8 +57,11 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
             seen.add(id(p))
             plain = isinstance(module, (nn.LayerNorm, nn.Embedding)) or p.ndim < 2
             (no_decay if plain else decay).append(p)
+    if fused is None:
+        fused = all(p.is_cuda for p in decay + no_decay)
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas,
+                             **({"fused": True} if fused else {}))
 
 
 class WarmupCosine:
@@ -67,22 +86,82 @@ def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup: i
 # ---------------------------------------------------------------------------------------------
 # Training and evaluation
 # ---------------------------------------------------------------------------------------------
+def autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``: None means plain fp32.
+
+    ``auto``: bf16 on a CUDA device that runs it natively (Ampere and later), fp32 elsewhere
+    (``torch.cuda.is_bf16_supported()`` alone also counts emulated bf16, slow on V100/T4);
+    ``fp32``: None; ``bf16``: bf16 wherever asked (CPU autocast included). ValueError otherwise.
+    """
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.bfloat16
+    return None
+
+
 def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
+class StepBatch(NamedTuple):
+    """One step's tensors on the model's device; the counts are host integers (no device sync)."""
+
+    input_ids: torch.Tensor  # (B, L) masked ids
+    attention_mask: torch.Tensor | None  # (B, L) bool, True on real tokens; None: no padding in the batch
+    positions: tuple[torch.Tensor, torch.Tensor]  # (rows (N,), cols (N,)): the scored positions, row-major
+    targets: torch.Tensor  # (N,) original ids at those positions
+    n_masked: int  # N
+    tokens: int  # real (non-pad) tokens in the batch
+
+
+def step_batch(masked_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+               device: str | torch.device, skip_full_mask: bool | None = None) -> StepBatch:
+    """Move one masked CPU batch to ``device``: pinned memory and non-blocking copies on CUDA.
+
+    Positions and targets are taken on the CPU (their number N is then known on the host; a boolean
+    index on the device would wait for it). ``skip_full_mask`` (None: on CUDA only) drops the padding
+    mask of a batch without padding; that changes nothing but the attention kernel (on the CPU the
+    fused inference path rounds differently with and without a mask, hence CUDA only by default).
+    """
+    device = torch.device(device)
+    attention_mask = attention_mask.bool()
+    rows, cols = (labels != IGNORE).nonzero(as_tuple=True)  # (N,), (N,) in the order of boolean indexing
+    targets = labels[rows, cols]
+    skip = device.type == "cuda" if skip_full_mask is None else skip_full_mask
+    mask = None if skip and bool(attention_mask.all()) else attention_mask
+    host = [masked_ids, rows, cols, targets] + ([mask] if mask is not None else [])
+    if device.type == "cuda":
+        moved = [t.pin_memory().to(device, non_blocking=True) for t in host]
+    else:
+        moved = [t.to(device) for t in host]
+    return StepBatch(moved[0], moved[4] if mask is not None else None, (moved[1], moved[2]), moved[3],
+                     int(targets.numel()), int(attention_mask.sum()))
+
+
+def step_loss(model: nn.Module, step: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy per masked token for backward, its detached sum) of ``model`` on ``step``."""
+    logits = model(step.input_ids, step.attention_mask, step.positions)  # (N, V)
+    loss_sum = F.cross_entropy(logits.float(), step.targets, reduction="sum")
+    return loss_sum / max(step.n_masked, 1), loss_sum.detach()
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
                     scheduler: Any | None, device: str | torch.device, amp_dtype: torch.dtype | None = None,
                     grad_clip: float | None = 1.0, generator: torch.Generator | None = None,
-                    max_steps: int | None = None) -> dict[str, float]:
+                    max_steps: int | None = None, skip_full_mask: bool | None = None) -> dict[str, float]:
     """One pass over ``loader`` (batches from ``collate``, on CPU; masked there with ``generator``).
 
     Returns loss (mean per masked token), tokens (real tokens seen), seconds, tokens_per_s, lr
-    (after the last step), steps, loss_sum, masked_tokens.
+    (after the last step), steps, loss_sum, masked_tokens. The device is read once, at the end.
     """
     device = torch.device(device)
+    cfg = unwrap(model).config
     # float16 needs loss scaling against underflow; bfloat16 and float32 do not
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 and device.type == "cuda" else None
     model.train()
@@ -92,17 +171,19 @@ def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
     for batch in loader:
         if max_steps is not None and steps >= max_steps:
             break
+        ids, labels = mask_tokens(batch["input_ids"], batch["attention_mask"], cfg.mask_id, cfg.vocab_size,
+                                  cfg.special_ids, 0.15, generator)
+        step = step_batch(ids, batch["attention_mask"], labels, device, skip_full_mask)
         with _autocast(device, amp_dtype):
-            out = mlm_loss(model, batch, generator)
-        tokens += int(batch["attention_mask"].sum())
-        if out.n_masked == 0:
-            continue
+            loss, step_sum = step_loss(model, step)
+        # backward on every batch, even one without a masked token (its loss is 0 and so are its
+        # gradients): under DDP every rank must take part in each gradient all-reduce
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
-            scaler.scale(out.loss).backward()
+            scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
         else:
-            out.loss.backward()
+            loss.backward()
         if grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         if scaler is not None:
@@ -112,8 +193,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        loss_sum += out.loss_sum
-        masked += out.n_masked
+        loss_sum += step_sum
+        masked += step.n_masked
+        tokens += step.tokens
         steps += 1
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -146,22 +228,28 @@ def eval_mask(batch: dict[str, torch.Tensor], seed: int, mask_id: int, vocab_siz
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]], device: str | torch.device,
-             generator_seed: int = 0, prob: float = 0.15, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Masked-token loss per masked token and its perplexity, on fixed masks; tokens = masked tokens scored."""
+             generator_seed: int = 0, prob: float = 0.15, amp_dtype: torch.dtype | None = None,
+             skip_full_mask: bool | None = None) -> dict[str, float]:
+    """Masked-token loss per masked token and its perplexity, on fixed masks; tokens = masked tokens scored.
+
+    The loss is summed on the device in float64 (as Python floats summed it before) and read once.
+    """
     device = torch.device(device)
     cfg = unwrap(model).config
     was_training = model.training
     model.eval()
-    loss_sum, masked_n = 0.0, 0
+    loss_sum, masked_n = torch.zeros((), dtype=torch.float64, device=device), 0
     for batch in loader:
         masked, labels = eval_mask(batch, generator_seed, cfg.mask_id, cfg.vocab_size, cfg.special_ids, prob)
+        step = step_batch(masked, batch["attention_mask"], labels, device, skip_full_mask)
         with _autocast(device, amp_dtype):
-            out = masked_lm_loss(model, masked.to(device), batch["attention_mask"].to(device), labels.to(device))
-        loss_sum += float(out.loss_sum)
-        masked_n += out.n_masked
+            _, step_sum = step_loss(model, step)
+        loss_sum += step_sum.double()
+        masked_n += step.n_masked
     model.train(was_training)
-    loss = loss_sum / max(masked_n, 1)
-    return {"loss": loss, "perplexity": perplexity(loss), "tokens": masked_n, "loss_sum": loss_sum,
+    total = float(loss_sum)
+    loss = total / max(masked_n, 1)
+    return {"loss": loss, "perplexity": perplexity(loss), "tokens": masked_n, "loss_sum": total,
             "masked_tokens": masked_n}
 
 

@@ -4,6 +4,14 @@ The training itself is plain PyTorch (training.pretrain_loop); the Ray touch poi
 here: ``get_context`` (rank, world size), ``prepare_model`` (DDP on the right device),
 ``prepare_data_loader`` (DistributedSampler), ``get_checkpoint`` (resume after a failure or a rerun
 with the same run name) and ``report`` (metrics + a checkpoint every epoch, from rank 0).
+
+Device and precision: the device is Ray Train's (a GPU with ``ray.use_gpu``); ``precision`` (the
+config's ``train.precision``) picks the autocast dtype (``pretrain_loop.autocast_dtype``): auto is
+bf16 on GPUs with native bf16, else fp32. ``loader_workers`` DataLoader processes read and collate
+batches beside the training process (the job gives GPU workers 2, CPU workers none). A checkpoint
+written on one device resumes on another (tensors are loaded to the CPU, then copied into the
+model and the optimizer on theirs). ``test_evaluation`` scores the best checkpoint on the test
+split; the job runs it as a Ray task on the same kind of device as the training workers.
 """
 
 from __future__ import annotations
@@ -26,11 +34,22 @@ from embedders.symbolic.midi_transformer import tokenizer as tk
 from embedders.symbolic.midi_transformer.transformer import MIDITransformerConfig, MIDITransformerEncoder, save_checkpoint, unwrap
 from training.length_buckets import LengthBucketBatchSampler
 from training.midi_datasets import MIDIDatasetDynamic, MIDIDatasetPresaved, collate
-from training.pretrain_loop import evaluate, make_optimizer, make_scheduler, train_one_epoch
+from training.pretrain_loop import autocast_dtype, evaluate, make_optimizer, make_scheduler, train_one_epoch
 from training.visualize import file_embeddings, tsne_2d
 
 MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
+
+
+def loader_options(workers: int) -> dict[str, Any]:
+    """DataLoader keyword arguments for ``workers`` reading processes (0: read in the training process)."""
+    return {"num_workers": workers, "persistent_workers": True, "prefetch_factor": 4} if workers > 0 else {}
+
+
+def resume_scheduler(scheduler, saved: dict[str, Any]) -> None:
+    """Restore the step count of ``saved``, not its schedule: a rerun with more epochs stretches the
+    cosine over the new total instead of staying at the old run's final learning rate (0)."""
+    scheduler.load_state_dict({**saved, "lr_lambdas": [None] * len(scheduler.lr_lambdas)})
 
 
 def make_dataset(cfg: dict[str, Any], files: list[str], tokenizer, chunks: str = "all"):
@@ -97,7 +116,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg["seed"])
     device = ray.train.torch.get_device()
-    amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    amp_dtype = autocast_dtype(cfg.get("precision", "auto"), device)
+    workers = loader_options(int(cfg.get("loader_workers", 0)))
     tokenizer = tk.load_tokenizer(cfg["tokenizer_path"])
     model_cfg = MIDITransformerConfig(**cfg["model"])
     pad_id = model_cfg.pad_id
@@ -109,21 +129,22 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         # Items of similar length per batch (little padding); the sampler gives each rank its share.
         sampler = LengthBucketBatchSampler(train_ds.lengths(), cfg["batch_size"], num_replicas=world, rank=rank,
                                            seed=cfg["seed"])
-        loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=functools.partial(collate, pad_id=pad_id))
+        loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=functools.partial(collate, pad_id=pad_id),
+                            **workers)
         loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False, move_to_device=False)
     else:
         loader = DataLoader(train_ds, batch_size=cfg["batch_size"], shuffle=True, drop_last=False,
                             collate_fn=functools.partial(collate, pad_id=pad_id),
-                            generator=torch.Generator().manual_seed(cfg["seed"]))
+                            generator=torch.Generator().manual_seed(cfg["seed"]), **workers)
         # Batches stay on the CPU: masking draws from a CPU generator, so masks do not depend on the device.
         loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
     # Evaluation runs on the unwrapped module (DDP's forward would sync buffers, and shards may be
     # uneven), each worker on every world-th item; the sums are then added over workers.
     val_loader = DataLoader(Subset(val_ds, range(rank, len(val_ds), world)), batch_size=cfg["batch_size"],
-                            collate_fn=functools.partial(collate, pad_id=pad_id))
+                            collate_fn=functools.partial(collate, pad_id=pad_id), **workers)
 
-    model = ray.train.torch.prepare_model(MIDITransformerEncoder(model_cfg))
-    optimizer = make_optimizer(model, cfg["learning_rate"], cfg["weight_decay"])
+    model = ray.train.torch.prepare_model(MIDITransformerEncoder(model_cfg))  # on the device, DDP-wrapped
+    optimizer = make_optimizer(model, cfg["learning_rate"], cfg["weight_decay"])  # fused on CUDA
     scheduler = make_scheduler(optimizer, total_steps=max(1, len(loader)) * cfg["epochs"], warmup=cfg["warmup_steps"])
 
     start_epoch, best_val, history, frames = 0, math.inf, [], []
@@ -134,7 +155,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             model_state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)["model_state"]
         unwrap(model).load_state_dict(model_state)
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        resume_scheduler(scheduler, state["scheduler"])
         start_epoch, best_val = state["epoch"] + 1, state["best_val_loss"]
         history, frames = state["history"], state["viz_frames"]
         if rank == 0:
@@ -174,3 +195,26 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
 
+
+
+def test_evaluation(model_path: str, ds_cfg: dict[str, Any], files: list[str], tokenizer_path: str, batch_size: int,
+                    seed: int, precision: str = "auto", loader_workers: int = 0) -> dict[str, Any]:
+    """Test loss of the checkpoint at ``model_path`` on ``files`` (fixed masks, ``evaluate``), on CUDA
+    when this process sees a GPU (a Ray task with ``num_gpus``), else on the CPU.
+
+    Returns loss, perplexity, tokens (masked tokens scored), device (``cuda (<name>)`` or ``cpu``)
+    and precision (``bf16`` or ``fp32``: the autocast of ``precision`` there, as in validation).
+    """
+    from embedders.symbolic.midi_transformer.transformer import load_checkpoint
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = load_checkpoint(model_path, device=device)
+    tokenizer = tk.load_tokenizer(tokenizer_path)
+    loader = DataLoader(make_dataset(ds_cfg, files, tokenizer), batch_size=batch_size,
+                        collate_fn=functools.partial(collate, pad_id=loaded.config.pad_id),
+                        **loader_options(loader_workers))
+    amp_dtype = autocast_dtype(precision, device)
+    out = evaluate(loaded.model, loader, device, generator_seed=seed, amp_dtype=amp_dtype)
+    name = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+    return {"loss": out["loss"], "perplexity": out["perplexity"], "tokens": out["tokens"], "device": name,
+            "precision": "bf16" if amp_dtype == torch.bfloat16 else "fp32"}

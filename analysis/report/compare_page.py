@@ -102,22 +102,29 @@ def label_table(labels: dict) -> str:
     return table(lines, css_class="metrics")
 
 
+def media_names(inputs: dict) -> tuple[str, str]:
+    """Short names of the two compared media, x first: ``audio``, ``symbolic``, ``transcribed``."""
+    media = inputs.get("media") or ("audio_embeddings", "symbolic_embeddings")
+    return tuple(m.removesuffix("_embeddings") for m in media)  # type: ignore[return-value]
+
+
 def header(payload: dict) -> list[tuple[str, str]]:
     """(key, HTML value) pairs describing the run: inputs, rows used and dropped, resampling, subsamples."""
     inp, c, s = payload["inputs"], payload["counts"], payload["spaces"]
+    mx, my = media_names(inp)
     subs = [f"{k}: {e['n_used']} rows" for k, e in s["metrics"].items() if e["subsampled"]]
     subs += [f"{k} null: {e['null_n_used']} queries" for k, e in s["metrics"].items()
              if e["null_n_used"] != e["n_used"] and k.endswith("recall@1")]
     pooling = ("average (mean over frames)" if inp["embedding_type"] == "average"
                else "sequence, pooled: mean and std over frames concatenated (2D)")
     rows = [("h5 file", inp["h5_path"]), ("dataset", str(inp.get("dataset") or "?")),
-            ("embedders", f"audio <b>{inp['audio_embedder']}</b> ({s['dim_x']}-d), symbolic "
+            ("embedders", f"{mx} <b>{inp['audio_embedder']}</b> ({s['dim_x']}-d), {my} "
                           f"<b>{inp['symbolic_embedder']}</b> ({s['dim_y']}-d)"),
             ("embedding type", pooling),
             ("standardisation", "each feature z-scored over the paired rows" if inp["standardize"] == "zscore"
              else "none (raw coordinates)"),
             ("recordings", f"<b>{c['paired']}</b> paired of {c['rows_in_file']} in the file; dropped {c['dropped']} "
-                           f"(valid audio {c['valid_audio']}, valid symbolic {c['valid_symbolic']}, "
+                           f"(valid {mx} {c.get('valid_' + mx, '?')}, valid {my} {c.get('valid_' + my, '?')}, "
                            f"missing label {c['missing_label']})"),
             ("retrieval split", payload["retrieval_split"]),
             ("resampling", f"seed {inp['seed']}; {inp['n_permutations']} permutations, {inp['n_boot']} bootstrap "
@@ -142,7 +149,8 @@ def figures(Xa: np.ndarray, Xs: np.ndarray, ids: Sequence[str], metadata: pd.Dat
     label, numeric, seed = inp["label"], inp["task"] == "regression", inp["seed"]
     ids = [str(i) for i in ids]
     (ca, ea), (cs, es) = plots.pca_2d(Xa), plots.pca_2d(Xs)
-    names = (f"audio: {inp['audio_embedder']} ({Xa.shape[1]}-d)", f"symbolic: {inp['symbolic_embedder']} ({Xs.shape[1]}-d)")
+    mx, my = media_names(inp)
+    names = (f"{mx}: {inp['audio_embedder']} ({Xa.shape[1]}-d)", f"{my}: {inp['symbolic_embedder']} ({Xs.shape[1]}-d)")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
     shown = np.sort(rng.choice(len(ids), size=min(MAP_POINTS, len(ids)), replace=False))
     hover = plots.hover_text([ids[i] for i in shown], metadata.iloc[shown].reset_index(drop=True))
@@ -186,7 +194,8 @@ def render(payload: dict, rows: Sequence[dict], figs: Sequence[tuple[str, str, A
     from plotly.offline import get_plotlyjs
 
     inp = payload["inputs"]
-    title = f"Audio vs symbolic: {inp['audio_embedder']} vs {inp['symbolic_embedder']}"
+    mx, my = media_names(inp)
+    title = f"{mx.capitalize()} vs {my}: {inp['audio_embedder']} vs {inp['symbolic_embedder']}"
     parts = [f"<h1>{esc(title)}</h1>", kv_table(header(payload)), f"<p class='note'>{GUIDE}</p>"]
     if payload.get("labels"):
         parts += ["<h2>Label structure per medium</h2>", label_table(payload["labels"])]

@@ -3,7 +3,7 @@
 Shared by the ``basic_pitch`` audio embedder and the ``basic_pitch`` transcriber. No TensorFlow:
 the wheel ships the model as ONNX (``basic_pitch/saved_models/icassp_2022/nmp.onnx``, 230 kB,
 Apache-2.0), and onnxruntime runs it. basic-pitch's own metadata pulls TensorFlow and numpy < 2,
-so the wheel is installed ``pip install --no-deps basic-pitch==0.4.0`` and the ``[basic_pitch]``
+so the wheel is installed ``pip install --no-deps basic-pitch==0.4.0`` and the ``[basic-pitch]``
 extra lists what its code really imports.
 
 Input: mono float32 audio at 22050 Hz. The model reads fixed windows of 43844 samples (2 s less
@@ -71,7 +71,7 @@ class WheelMissingError(MissingDependencyError):
         EmbedderError.__init__(
             self, f"'{user}' needs the model file from the basic-pitch wheel, which is not installed. "
             f"Install it with: pip install --no-deps {WHEEL} (its metadata pulls TensorFlow) and "
-            "pip install 'audio-vs-symbolic[basic_pitch]' -c constraints.txt for what it imports")
+            "pip install 'audio-vs-symbolic[basic-pitch]' -c constraints.txt for what it imports")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,10 +5,11 @@
 - ``parts_reader``: a store folder read straight from its parts (no consolidated file needed);
 - ``h5``: the consolidated ``embeddings.h5`` (streamed from the parts; columnar read; legacy export);
 - ``legacy``: the reader of the original project's per-recording HDF5 layout;
+- ``transcriptions``: the transcribed medium's MIDI files beside the store, their index and quality table;
 - ``reader``: what downstream jobs call: ``load`` / ``load_pair`` / ``list_embedders`` on either form;
 - ``locations`` and ``filesystem``: local paths and remote URIs (s3://, gs://, file://) behind one small API;
 - ``atomic``: atomic local file writes, used by every job.
 
 Imports point one way: locations <- filesystem (-> atomic) <- parts <- parts_reader <- h5 (-> legacy)
-<- reader; nothing here imports a job.
+<- reader, and parts <- transcriptions; nothing here imports a job.
 """

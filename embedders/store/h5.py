@@ -12,9 +12,12 @@ Columnar layout (one row per info.csv row, in info.csv order)::
     attrs: root (format, dataset, info.csv sha256, package versions, command), group (embedder
     description JSON: config, dim, sample rate, hop, source hash; config hash; counts)
 
-``<medium>`` is ``audio_embeddings`` or ``symbolic_embeddings``. Files in the original project's
-per-recording layout are read too (``embedders.store.legacy``) and written by ``export_legacy``
-(from a consolidated file or straight from a store folder); rows are always paired by id.
+``<medium>`` is ``audio_embeddings`` or ``symbolic_embeddings`` (the seed's names) or
+``transcribed_embeddings`` (a symbolic embedder on each audio's transcription; the group's
+description names the transcriber). Files in the original project's per-recording layout are read
+too (``embedders.store.legacy``) and written by ``export_legacy`` (from a consolidated file or
+straight from a store folder), the transcribed medium as a third ``/<medium>/rec_<k>`` group of
+the same shape; rows are always paired by id.
 Jobs read through ``embedders.store.reader``, which takes this file or the store folder.
 """
 
@@ -166,13 +169,13 @@ def h5_attrs(h5_path) -> dict[str, Any]:
 
 
 def h5_embedders(h5_path) -> dict[str, list[str]]:
-    """{medium: [embedder names]} present in a file (legacy files report 'legacy')."""
+    """{medium: [embedder names]} for every medium (empty where a file holds none; legacy files report 'legacy')."""
     import h5py
 
     with h5py.File(h5_path, "r") as f:
         if "ids" not in f:
-            return {m: ["legacy"] for m in MEDIA if m in f}
-        return {m: sorted(f[m].keys()) for m in MEDIA if m in f}
+            return {m: ["legacy"] if m in f else [] for m in MEDIA}
+        return {m: sorted(f[m].keys()) if m in f else [] for m in MEDIA}
 
 
 def read_h5(h5_path, medium: str, embedder: str | None, embedding_type: str) -> dict[str, Any]:

@@ -71,5 +71,7 @@ def read_legacy(f, medium: str, embedding_type: str, *, path) -> dict:
     return dict(
         ids=np.array(ids, dtype=object), embeddings=embeddings, metadata=metadata,
         medium=medium, embedder="legacy", embedding_type=embedding_type,
-        attrs={"layout": "legacy"}, n_total=len(ids), n_invalid=0,
+        # a legacy file has no table of all recordings: each medium lists its own, so pairing
+        # counts the file's recordings as the union of the media's ids
+        attrs={"layout": "legacy", "medium_ids": list(ids)}, n_total=len(ids), n_invalid=0,
     )

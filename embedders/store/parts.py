@@ -10,6 +10,8 @@
 - ``metadata.parquet``: the info.csv rows (every column, types kept) and the job's provenance, so
   the folder describes itself and downstream jobs can read it without embeddings.h5.
 - ``errors.parquet``: one row per (id, medium, embedder) not embedded: stage, error type, reason.
+- ``parquet/transcriptions/<transcriber>/``: the transcribed medium's index of its MIDI files
+  (``embedders.store.transcriptions``; not a medium).
 
 ``prepare_medium`` is the one call before writing a medium: it applies ``--overwrite``, removes a
 killed run's temporary files, checks the stored config hash and returns the ids already done,
@@ -34,7 +36,10 @@ import pyarrow.parquet as pq
 
 from embedders.store import filesystem as fs
 
-MEDIA = ("audio_embeddings", "symbolic_embeddings")
+#: Every medium a store may hold: the seed's two, and a symbolic embedder on each audio's transcription.
+MEDIA = ("audio_embeddings", "symbolic_embeddings", "transcribed_embeddings")
+#: The seed's pair: what pairing jobs compare unless told otherwise.
+SEED_MEDIA = ("audio_embeddings", "symbolic_embeddings")
 ERROR_COLUMNS = ("id", "medium", "embedder", "stage", "error_type", "message")
 PART_GLOB = "part-*.parquet"
 ROW_GROUP_BYTES = 64 * 2**20    # readers stream a part row group by row group

@@ -17,7 +17,7 @@ API for the job (everything below is importable from ``embedders.transcribe``):
 
 ``transcribe`` raises the embedders' named per-item errors (EmptyInputError for zero-length audio,
 AudioDecodeError for non-finite samples), ConfigError for a bad bpm, MissingDependencyError when
-the ``[basic_pitch]`` extra or the basic-pitch wheel is absent.
+the ``[basic-pitch]`` extra or the basic-pitch wheel is absent.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ Without ``--label``: ``analysis.compare.compare_spaces`` (linear/debiased CKA, C
 Procrustes, RBF CKA, RSA, mutual kNN, cross-modal retrieval), each with a bootstrap CI and a
 permutation null. The retrieval projection is fitted on the rows whose metadata ``split`` is not
 ``test`` (train and validation together) and evaluated on the ``test`` rows; without a ``split``
-column, or with fewer than 10 rows on either side, a seeded random 50/50 split is used instead.
+column, or with fewer than 10 rows on either side, a seeded random 50/50 split is used instead;
+``--group_column`` keeps each group on one side of it and of every label CV fold (details and
+``--media A,B`` for other pairs of media: ``ray_jobs.compare_embeddings.rows``).
 With ``--label``: the same, plus ``compare_labels`` (kNN score, silhouette, label-RDM correlation
 per medium, and the paired audio - symbolic difference) on the same rows. A label is numeric
 (regression: kNN R^2, no silhouette) when its metadata column is numeric with at least 20 distinct
@@ -34,7 +36,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from analysis.compare import compare_labels, compare_spaces
 from analysis.labels import resolve_task
@@ -43,9 +44,8 @@ from analysis.report import compare_page, compare_rows
 from embedders.store import filesystem as fs
 from embedders.store.atomic import atomic_write_bytes, write_json
 from embedders.store.parts import StoreError
-from embedders.store.reader import describe, load_pair, local_input
-
-MIN_SPLIT_ROWS = 10
+from embedders.store.reader import describe, local_input
+from ray_jobs.compare_embeddings.rows import RowsError, label_folds, load_media_pair, parse_media, retrieval_split
 
 
 def _positive(text: str) -> int:
@@ -67,7 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--symbolic_embedder", default=None, help="needed when the file holds several symbolic embedders")
     p.add_argument("--embedding_type", choices=("average", "sequence"), default="average",
                    help="average: mean over frames; sequence: mean and std over frames concatenated (2D)")
-    p.add_argument("--group_column", default=None, help="metadata column: CV folds of the label metrics keep groups apart")
+    p.add_argument("--media", default="audio_embeddings,symbolic_embeddings",
+                   help="the two media to compare, each MEDIUM or MEDIUM:EMBEDDER (the first is x / 'audio' in the "
+                        "outputs, the second y / 'symbolic')")
+    p.add_argument("--group_column", default=None,
+                   help="metadata column whose groups stay on one side: of the retrieval split and of every CV fold "
+                        "of the label metrics (fewer than 5 groups: leave-one-group-out)")
     p.add_argument("--task", choices=("auto", "classification", "regression"), default="auto",
                    help="auto: regression when the label column is numeric with at least 20 distinct values "
                         "(bpm, duration), else classification; the same rule as train_classifier and sweep")
@@ -87,26 +92,6 @@ def _fail(message: str) -> int:
     return 2
 
 
-def retrieval_split(metadata: pd.DataFrame, seed: int) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-    """(train_idx, test_idx, description); (None, None, ...) lets compare_spaces draw a seeded 50/50 split."""
-    if "split" in metadata.columns:
-        split = metadata["split"].astype(str).str.strip().str.lower().to_numpy()
-        test = np.flatnonzero(split == "test")
-        train = np.flatnonzero(split != "test")
-        if min(test.size, train.size) >= MIN_SPLIT_ROWS:
-            return train, test, (f"metadata 'split': fit on {train.size} train+validation rows, "
-                                 f"evaluate on {test.size} test rows")
-        reason = f"'split' has {test.size} test / {train.size} other rows (< {MIN_SPLIT_ROWS})"
-    else:
-        reason = "no 'split' column"
-    return None, None, f"seeded random 50/50 (seed {seed}; {reason})"
-
-
-def _h5_attrs(path) -> dict:
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
 
 
 def run(args) -> int:
@@ -124,18 +109,18 @@ def run(args) -> int:
 def _run(args, h5_local, out_dir: Path) -> int:
     started = time.perf_counter()
     try:
-        pair = load_pair(h5_local, args.audio_embedder, args.symbolic_embedder, args.embedding_type, args.label)
+        media = parse_media(args.media, args.audio_embedder, args.symbolic_embedder)
+        pair = load_media_pair(h5_local, media, args.embedding_type, args.label)
         attrs = describe(h5_local)
     except (StoreError, FileNotFoundError, ValueError, OSError, KeyError) as exc:
         return _fail(str(exc))
     if args.group_column and args.group_column not in pair.metadata.columns:
         return _fail(f"no group column '{args.group_column}'; the metadata columns are {sorted(pair.metadata.columns)}")
-    if args.group_column and not args.label:
-        return _fail("--group_column applies to the label metrics; give --label too")
+    groups = pair.metadata[args.group_column].astype(str).to_numpy() if args.group_column else None
     if args.embedding_type == "sequence":
-        Xa, Xs = mean_std_pool(pair.audio), mean_std_pool(pair.symbolic)
+        Xa, Xs = mean_std_pool(pair.first), mean_std_pool(pair.second)
     else:
-        Xa, Xs = np.asarray(pair.audio), np.asarray(pair.symbolic)
+        Xa, Xs = np.asarray(pair.first), np.asarray(pair.second)
     if args.standardize == "zscore":
         Xa, Xs = zscore_features(Xa), zscore_features(Xs)
     task = None
@@ -144,20 +129,26 @@ def _run(args, h5_local, out_dir: Path) -> int:
             task, _ = resolve_task(args.task, pair.metadata[args.label], source=f"--task {args.task}")
         except ValueError as exc:
             return _fail(str(exc))
-    train, test, split_desc = retrieval_split(pair.metadata, args.seed)
+    try:
+        train, test, split_desc = retrieval_split(pair.metadata, args.seed, args.group_column)
+        n_splits, cv_desc = label_folds(groups, args.group_column) if args.label else (None, None)
+    except RowsError as exc:
+        return _fail(str(exc))
     common = dict(seed=args.seed, n_permutations=args.n_permutations, n_boot=args.n_boot)
     try:
         spaces = compare_spaces(Xa, Xs, train_idx=train, test_idx=test, max_n_kernel=args.max_n_kernel, **common)
         labels = None
         if args.label:
-            groups = pair.metadata[args.group_column].astype(str).to_numpy() if args.group_column else None
             y = pair.labels.astype(np.float64) if task == "regression" else pair.labels.astype(str)
-            labels = compare_labels(Xa, Xs, y, numeric=task == "regression", groups=groups,
+            labels = compare_labels(Xa, Xs, y, numeric=task == "regression", groups=groups, n_splits=n_splits,
                                     max_n=args.max_n_kernel, **common)
+            labels["cv"] = cv_desc
     except ValueError as exc:
         return _fail(f"{exc} ({pair.counts['paired']} paired rows)")
     payload = {"inputs": {"h5_path": fs.display(args.h5_path), "dataset": attrs.get("dataset"),
-                          "audio_embedder": pair.audio_embedder, "symbolic_embedder": pair.symbolic_embedder,
+                          "media": list(pair.media), "embedders": list(pair.embedders), "label_cv": cv_desc,
+                          # x = media[0], y = media[1]; named audio/symbolic after the seed's pair
+                          "audio_embedder": pair.embedders[0], "symbolic_embedder": pair.embedders[1],
                           "embedding_type": args.embedding_type,
                           "pooling": "mean" if args.embedding_type == "average" else "concat(mean, std) over frames",
                           "standardize": args.standardize,
@@ -200,6 +191,7 @@ def _print_summary(payload: dict, paths: dict) -> None:
             print(f"  {payload['inputs']['label']} kNN {medium}: {k['value']:.3f} ({interval} [{k['ci_lo']:.3f}, "
                   f"{k['ci_hi']:.3f}])"
                   + (f", chance {k['chance']:.3f}" if k.get("chance") is not None else ""))
+        print(f"  label CV: {lab.get('cv')}")
         d = lab["difference_audio_minus_symbolic"]["knn_by_recording"]
         print(f"  audio - symbolic (by recording): {d['mean_difference']:.3f}, p {d['p_value']:.3g}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))

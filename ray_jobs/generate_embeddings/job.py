@@ -4,6 +4,11 @@
         [--audio_embedder melstats] [--symbolic_embedder pianoroll] [--num_gpus 0]
         [--executor auto|local|ray] [--batch_size N] [--max_actors N] [--overwrite]
         [--h5 write|none] [--h5_layout columnar|legacy] [--verbose]
+        [--media audio_embeddings,symbolic_embeddings,transcribed_embeddings] [--transcriber basic_pitch]
+
+The third medium, ``transcribed_embeddings``, is the symbolic embedder run on each recording's
+audio transcribed to MIDI (``transcription.py``: transcriptions kept under the store's
+``transcriptions/``, their quality in ``transcription_quality.parquet``).
 
 The embedding workers write the Parquet parts of ``<data_root>/embeddings/<dataset>/`` themselves,
 each part committed atomically; the driver receives one small row per (id, medium) (status, error,
@@ -45,6 +50,7 @@ import pandas as pd
 
 from embedders.base import MEDIUM_BY_MODALITY, ConfigError
 from embedders.dataset import (
+    MEDIUM_PATH_COLUMN,
     InfoCsvError,
     absent_reason,
     dataset_dir,
@@ -60,7 +66,9 @@ from embedders.store import filesystem as fs
 from embedders.store.atomic import json_bytes
 from embedders.store.h5 import consolidate, export_legacy
 from embedders.store.parts import StoreError, errors_path, prepare_medium, write_errors, write_metadata
+from embedders.store.transcriptions import TRANSCRIBED
 from ray_jobs.console import add_verbose_flag
+from ray_jobs.generate_embeddings import transcription
 from ray_jobs.generate_embeddings.execute import LOCAL_MAX_ROWS, MediumRun, choose_executor, embed_pending
 from ray_jobs.generate_embeddings.pipeline import MAX_BATCH_BYTES, MediumSpec, PartTarget, local_options
 from ray_jobs.generate_embeddings.resources import cluster_view, gpu_pool, uses_gpu
@@ -99,7 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
                                               "a path or a URI (each node keeps one local copy)")
     p.add_argument("--symbolic_checkpoint", help="weights file for the symbolic embedder (sets its 'checkpoint' option); "
                                                  "a path or a URI (each node keeps one local copy)")
-    p.add_argument("--media", default="audio_embeddings,symbolic_embeddings", help="comma-separated media to embed")
+    p.add_argument("--media", default="audio_embeddings,symbolic_embeddings",
+                   help="comma-separated media to embed: audio_embeddings, symbolic_embeddings, transcribed_embeddings "
+                        "(the symbolic embedder on each audio's transcription by --transcriber)")
+    p.add_argument("--transcriber", default="basic_pitch",
+                   help="audio-to-MIDI transcriber of the transcribed_embeddings medium (default: basic_pitch)")
+    p.add_argument("--transcriber_option", action="append", default=[], metavar="KEY=VALUE",
+                   help="transcriber config option (repeatable), e.g. onset_threshold=0.6")
     p.add_argument("--num_gpus", type=float, default=0.0,
                    help="GPUs per embedding actor of each medium whose embedder runs on an accelerator (openl3, clap, "
                         "clamp, ...; never melstats or pianoroll) (default 0: CPU actors only)")
@@ -144,9 +158,10 @@ def medium_specs(args) -> list[MediumSpec]:
     chosen = [m.strip() for m in args.media.split(",") if m.strip()]
     specs = []
     for medium in chosen:
-        modality = {v: k for k, v in MEDIUM_BY_MODALITY.items()}.get(medium)
+        # the transcribed medium is embedded as symbolic (same embedder), from transcriptions
+        modality = {v: k for k, v in MEDIUM_BY_MODALITY.items()}.get(medium, "symbolic" if medium == TRANSCRIBED else None)
         if modality is None:
-            raise ConfigError(f"--media: unknown medium {medium!r}; choose from {list(MEDIUM_BY_MODALITY.values())}")
+            raise ConfigError(f"--media: unknown medium {medium!r}; choose from {list(MEDIUM_PATH_COLUMN)}")
         name = args.audio_embedder if modality == "audio" else args.symbolic_embedder
         cls = get_embedder_class(name)
         if cls.modality != modality:
@@ -157,7 +172,11 @@ def medium_specs(args) -> list[MediumSpec]:
         if checkpoint:
             options["checkpoint"] = checkpoint
         cls.make_config(**options)  # fail fast on unknown options, before any work
-        specs.append(MediumSpec(medium, path_column(medium), name, options, cls.sample_rate))
+        spec = MediumSpec(medium, path_column(medium), name, options, cls.sample_rate)
+        if medium == TRANSCRIBED:
+            spec = transcription.transcribed_spec(spec, args.transcriber, parse_options(
+                args.transcriber_option, "--transcriber_option"), embeddings_dir(args.data_root, args.dataset))
+        specs.append(spec)
     return specs
 
 
@@ -173,13 +192,15 @@ def start_medium(spec: MediumSpec, info: pd.DataFrame, store, args, *, gpu: bool
     cls = get_embedder_class(spec.embedder)
     config = cls.make_config(**local_options(spec.options))
     config_hash = cls.hash_config(config, cuda=gpu)
+    description = {**cls.describe_config(config, cuda=gpu), "config_hash": config_hash}
+    if spec.transcriber is not None:  # same embedder, on transcriptions: the transcriber is part of the identity
+        config_hash, description = transcription.medium_identity(spec, config_hash, description)
     state = prepare_medium(store, spec.medium, spec.embedder, config_hash, overwrite=args.overwrite)
     tag = f"[{spec.medium}/{spec.embedder}]"
     if state.removed_parts:
         print(f"{tag} --overwrite: removed {state.removed_parts} part file(s)")
     if state.removed_temporary:
         print(f"{tag} removed {state.removed_temporary} uncommitted part file(s) left by a killed run")
-    description = {**cls.describe_config(config, cuda=gpu), "config_hash": config_hash}
     if spec.options.get("checkpoint") != getattr(config, "checkpoint", None):  # a URI: say where it came from
         description["checkpoint_source"] = spec.options["checkpoint"]
     target = PartTarget(str(store), config_hash, description, args.rows_per_part,
@@ -289,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     write_metadata(store, info, provenance)  # the folder is readable as a store from now on
+    if any(run.spec.medium == TRANSCRIBED and run.pending for run in runs) and not ray_seconds:
+        ray_seconds = start_ray(args)  # transcription runs on a Ray Data actor pool
+    transcribed = transcription.run_stage(runs, info, store, root, args)  # points the medium at its MIDI files
+    if transcribed is not None:
+        summary["transcription"] = transcribed
     executor = choose_executor(runs, args)
     if executor == "ray" and not ray_seconds:
         ray_seconds = start_ray(args)
@@ -313,12 +339,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    print(f"\n{'medium':<22}{'embedder':<18}{'done':>7}{'skipped':>9}{'failed':>8}{'absent':>8}{'valid':>8}{'rows/s':>9}")
+    print(f"\n{'medium':<24}{'embedder':<18}{'done':>7}{'skipped':>9}{'failed':>8}{'absent':>8}{'valid':>8}{'rows/s':>9}")
     for medium, c in summary["media"].items():
         rate = c["done"] / c["seconds"] if c["seconds"] else 0.0
-        print(f"{medium:<22}{c['embedder']:<18}{c['done']:>7}{c['skipped']:>9}{c['failed']:>8}{c['absent']:>8}"
+        print(f"{medium:<24}{c['embedder']:<18}{c['done']:>7}{c['skipped']:>9}{c['failed']:>8}{c['absent']:>8}"
               f"{c['valid_total']:>8}{rate:>9.1f}")
     where = "Ray" if summary["executor"] == "ray" else "the local executor"
+    if "transcription" in summary:
+        print(transcription.summary_line(summary["transcription"]))
     if summary["h5_path"]:
         print(f"wrote {summary['h5_path']} ({summary['h5_layout']} layout) in {summary['seconds']} s on {where}")
     else:

@@ -33,6 +33,7 @@ from embedders.base import ITEM_ERRORS, ConfigError, ItemError
 from embedders.io import decode_audio, decode_midi, read_bytes
 from embedders.store import filesystem as fs
 from embedders.store.parts import REQUESTED_HASH_KEY, ShardWriter
+from embedders.store.transcriptions import medium_config_hash
 
 RESULT_COLUMNS = ("id", "medium", "status", "error_type", "error_message", "stage", "n_frames", "config_hash")
 ERROR_FIELDS = ("error_type", "error_message", "stage")
@@ -44,11 +45,14 @@ MAX_BATCH_BYTES = 256 * 2**20
 class MediumSpec:
     """What one medium embeds: which column of info.csv, with which embedder and config."""
 
-    medium: str                 # audio_embeddings | symbolic_embeddings | ...
-    path_column: str            # audio_filename | midi_filename
+    medium: str                 # audio_embeddings | symbolic_embeddings | transcribed_embeddings
+    path_column: str            # audio_filename | midi_filename (the transcribed medium: audio_filename)
     embedder: str
     options: dict[str, Any]
     sample_rate: int | None     # audio embedders' input rate; None for symbolic
+    files_root: str | None = None     # folder the rows' paths are relative to when not the dataset's
+    #                                   (the transcribed medium: the store, which holds the transcriptions)
+    transcriber: tuple[str, dict[str, Any]] | None = None  # the transcribed medium's (transcriber, options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +101,7 @@ def decode_batch(batch: dict[str, np.ndarray], *, spec: MediumSpec, root: str,
     fields = _error_fields(len(ids))
     payloads: list[Any] = []
     for k, (item_id, rel) in enumerate(zip(ids, batch["path"])):
-        path = fs.join(root, str(rel))  # root may be a URI: the file is read on this task's node
+        path = fs.join(spec.files_root or root, str(rel))  # a URI is read on this task's node
         try:
             if spec.sample_rate is not None:
                 payloads.append(decode_audio(path, spec.sample_rate, item_id))
@@ -259,10 +263,14 @@ class EmbedActor:
     def writer(self, target: PartTarget) -> ShardWriter:
         """A writer of this medium's parts under this instance's hash; the description also names
         the hash the driver requested (``REQUESTED_HASH_KEY``), which resume matches on."""
-        description = {**target.description, **self.description, "config_hash": self.config_hash,
-                       REQUESTED_HASH_KEY: target.config_hash}
-        return ShardWriter(target.store, self.spec.medium, self.spec.embedder, self.config_hash, description,
-                           target.rows_per_part)
+        own = self.config_hash
+        description = {**target.description, **self.description}
+        transcriber_hash = target.description.get("transcriber_config_hash")
+        if transcriber_hash:  # the transcribed medium: the rows' identity is the embedder's and the transcriber's
+            own = medium_config_hash(own, transcriber_hash)
+            description["embedder_config_hash"] = self.config_hash
+        description.update({"config_hash": own, REQUESTED_HASH_KEY: target.config_hash})
+        return ShardWriter(target.store, self.spec.medium, self.spec.embedder, own, description, target.rows_per_part)
 
 
 def _results() -> dict[str, list]:

@@ -32,6 +32,8 @@ class TrainConfig:
     model_name: str = MISSING
     warmup_steps: int = MISSING
     grad_clip: float = MISSING
+    precision: str = MISSING
+    loader_workers: int = MISSING
 
 
 @dataclass
@@ -61,6 +63,7 @@ class RayConfig:
     num_workers: int = MISSING
     use_gpu: bool = MISSING
     max_failures: int = MISSING
+    pin_to_driver_node: bool = MISSING
 
 
 @dataclass
@@ -138,6 +141,10 @@ def validate(cfg) -> None:
         (r.num_workers >= 1, f"ray.num_workers must be >= 1, got {r.num_workers}"),
         (r.max_failures >= 0, f"ray.max_failures must be >= 0, got {r.max_failures}"),
         (cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}"),
+        (not (cfg.device == "cpu" and r.use_gpu),
+         "device=cpu contradicts ray.use_gpu=true (device=auto follows ray.use_gpu; device=cuda asks for GPU workers)"),
+        (t.precision in ("auto", "fp32", "bf16"), f"train.precision must be auto, fp32 or bf16, got {t.precision!r}"),
+        (t.loader_workers >= -1, f"train.loader_workers must be >= 0, or -1 for automatic, got {t.loader_workers}"),
     ]
     problems = [f"unknown config key {key!r} (not in the schema ray_jobs.pretrain.config.PretrainConfig)"
                 for key in unknown_keys(cfg)]

@@ -3,13 +3,17 @@
     python -m ray_jobs.pretrain                                        # default config
     python -m ray_jobs.pretrain train.batch_size=16 train.epochs=20    # Hydra overrides
     python -m ray_jobs.pretrain --config-name=large_model
-    python -m ray_jobs.pretrain ray.num_workers=4 ray.use_gpu=true     # DDP over 4 GPUs
+    python -m ray_jobs.pretrain ray.num_workers=4 ray.use_gpu=true     # DDP over 4 GPUs of this node
 
 Steps: tokenizer (loaded, or trained on the training split and saved) -> token cache built by a
 Ray Data job -> TorchTrainer (checkpoint every epoch, best kept by validation loss, restarts after
 worker failures, a rerun with the same train.model_name continues) -> the best checkpoint copied to
 ``<output_dir>/<model_name>/model.pt`` (the ``midi_transformer`` embedder's weights) -> test loss
 and perplexity beside a unigram baseline. Metrics and pages go to MLflow and the run folder.
+
+Placement (``ray_jobs.pretrain.placement``): the workers, the token-cache tasks and the test-set
+evaluation run on the driver's node, where the cache and the run folder are; a request that
+cannot be met there (``ray.use_gpu=true`` without a GPU) fails at once with exit status 2.
 """
 
 from __future__ import annotations
@@ -44,8 +48,11 @@ def resolve_paths(cfg: DictConfig) -> dict[str, Path]:
 
 
 def build_token_cache(files: list[str], tokenizer_path: Path, max_seq_len: int, cache_dir: Path,
-                      files_per_task: int = 32) -> dict[str, str]:
-    """Tokenize the files missing from the cache in parallel Ray Data tasks; return {file: error}."""
+                      files_per_task: int = 32, task_options: dict[str, Any] | None = None) -> dict[str, str]:
+    """Tokenize the files missing from the cache in parallel Ray Data tasks; return {file: error}.
+
+    ``task_options`` (e.g. ``Placement.task_options()``) go to the tasks: the cache is a local path,
+    so they run where it is."""
     import ray
 
     from embedders.symbolic.midi_transformer import tokenizer as tk
@@ -62,7 +69,8 @@ def build_token_cache(files: list[str], tokenizer_path: Path, max_seq_len: int, 
         print(f"tokenizing {len(missing)} MIDI files into {cache_dir} (Ray Data, {files_per_task} files per task)")
         ds = ray.data.from_items([{"path": str(p)} for p in missing],
                                  override_num_blocks=max(1, len(missing) // files_per_task))
-        for _ in ds.map_batches(tokenize_batch, batch_size=files_per_task, batch_format="numpy").iter_rows():
+        for _ in ds.map_batches(tokenize_batch, batch_size=files_per_task, batch_format="numpy",
+                                **(task_options or {})).iter_rows():
             pass
     # one process merges the shards into the index, so the DDP workers only read it
     return MIDIDatasetPresaved(files, tokenizer, max_seq_len, str(cache_dir)).errors
@@ -157,10 +165,16 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     from embedders.symbolic.midi_transformer import tokenizer as tk
+    from ray_jobs.pretrain.placement import check_local_gpus, local_ray, plan
     from ray_jobs.ray_session import ensure_ray
     from training.midi_datasets import visualisation_set
     from training.pretrain_worker import MODEL_FILE, train_loop_per_worker
 
+    if local_ray() and not ray.is_initialized():
+        check_local_gpus(cfg)
+    ensure_ray(dashboard=True)  # Ray Train's controller polls the state API the dashboard serves
+    placement = plan(cfg)  # before any work: a request that cannot be met fails now, not after the tokenizer
+    print(f"pretraining placement: {placement.describe()}", flush=True)
     viz_files, viz_meta = visualisation_set(info, paths["root"], cfg.dataset.visualisation_size,
                                             stratify=cfg.mlflow.color_by if cfg.mlflow.color_by in info.columns else None,
                                             seed=cfg.seed)
@@ -169,10 +183,10 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.dataset.limit:
         splits["train"] = splits["train"][: cfg.dataset.limit]
     special = tk.special_ids(tokenizer)
-    ensure_ray()
     all_files = sorted({*splits["train"], *splits["validation"], *splits["test"], *map(str, viz_files)})
     if cfg.dataset.presaved:
-        errors = build_token_cache(all_files, paths["tokenizer"], cfg.train.max_seq_len, paths["cache"])
+        errors = build_token_cache(all_files, paths["tokenizer"], cfg.train.max_seq_len, paths["cache"],
+                                   task_options=placement.task_options())
         if errors:
             print(f"{len(errors)} MIDI file(s) yield no tokens and are left out, e.g. {next(iter(errors.items()))}")
 
@@ -192,13 +206,14 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         "batch_size": t.batch_size, "bucket_by_length": bool(t.bucket_by_length), "epochs": t.epochs,
         "learning_rate": t.learning_rate,
         "weight_decay": t.weight_decay, "warmup_steps": t.warmup_steps, "grad_clip": t.grad_clip,
+        "precision": t.precision, "loader_workers": loader_workers(cfg, placement.use_gpu),
         "seed": cfg.seed, "model_name": t.model_name, "run_dir": str(paths["run_dir"]),
         "viz_interval": cfg.mlflow.viz_interval,
         "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id, "color_by": cfg.mlflow.color_by},
     }
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=worker_cfg,
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu),
+        scaling_config=placement.scaling_config(),
         run_config=ray.train.RunConfig(
             name=t.model_name, storage_path=str(paths["output"] / "ray"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
@@ -213,7 +228,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         shutil.copyfile(Path(d) / MODEL_FILE, tmp)
     summary = {"model_path": str(model_path), "best_epoch": int(best_metrics["epoch"]),
                "best_val_loss": best_metrics["val_loss"], "epochs_run": int(result.metrics["epoch"]) + 1,
-               "mlflow_run_id": run_id, "tracking_uri": tracking_uri, **test_metrics(cfg, model_path, splits, paths)}
+               "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
+               **test_metrics(cfg, model_path, splits, paths, placement)}
     log_summary(tracking_uri, run_id, summary, paths["run_dir"])
     print(f"\nbest epoch {summary['best_epoch']}: val loss {summary['best_val_loss']:.4f}")
     print(f"test loss {summary['test_loss']:.4f}, perplexity {summary['test_perplexity']:.2f} "
@@ -223,33 +239,48 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def test_metrics(cfg: DictConfig, model_path: Path, splits: dict[str, list[str]], paths: dict[str, Path]) -> dict[str, float]:
-    """Test loss/perplexity of the best model and of a unigram model on the same masked positions."""
+def loader_workers(cfg: DictConfig, use_gpu: bool) -> int:
+    """``train.loader_workers``, with -1 resolved: 2 reading processes beside a GPU worker (the GPU
+    must not wait for collation), none beside a CPU worker (they would take its cores)."""
+    n = int(cfg.train.loader_workers)
+    return n if n >= 0 else (2 if use_gpu else 0)
+
+
+def test_metrics(cfg: DictConfig, model_path: Path, splits: dict[str, list[str]], paths: dict[str, Path],
+                 placement) -> dict[str, Any]:
+    """Test loss/perplexity of the best model and of a unigram model on the same masked positions.
+
+    The model is scored in a Ray task on the driver's node (``placement``), with a GPU when the
+    workers had one, in the precision of validation; the unigram counts stay here (numpy).
+    """
     import functools
 
+    import ray
     from torch.utils.data import DataLoader
 
     from embedders.symbolic.midi_transformer import tokenizer as tk
-    from embedders.symbolic.midi_transformer.transformer import load_checkpoint
+    from embedders.symbolic.midi_transformer.transformer import config_from_checkpoint, read_checkpoint
     from training.midi_datasets import collate
-    from training.pretrain_loop import count_tokens, evaluate, unigram_perplexity
-    from training.pretrain_worker import make_dataset
+    from training.pretrain_loop import count_tokens, unigram_perplexity
+    from training.pretrain_worker import make_dataset, test_evaluation
 
-    loaded = load_checkpoint(model_path)
+    config = config_from_checkpoint(read_checkpoint(model_path, mmap=True), model_path)
     tokenizer = tk.load_tokenizer(paths["tokenizer"])
     ds_cfg = {"presaved": bool(cfg.dataset.presaved), "cache_dir": str(paths["cache"]),
               "model": {"max_seq_len": cfg.train.max_seq_len}}
-    pad = loaded.config.pad_id
+    task = ray.remote(test_evaluation).options(**placement.task_options(num_gpus=1 if placement.use_gpu else 0))
+    model_eval = ray.get(task.remote(str(model_path), ds_cfg, splits["test"], str(paths["tokenizer"]),
+                                     cfg.train.batch_size, cfg.seed, cfg.train.precision,
+                                     loader_workers(cfg, placement.use_gpu)))
     test_loader = DataLoader(make_dataset(ds_cfg, splits["test"], tokenizer), batch_size=cfg.train.batch_size,
-                             collate_fn=functools.partial(collate, pad_id=pad))
-    model_eval = evaluate(loaded.model, test_loader, "cpu", generator_seed=cfg.seed)
+                             collate_fn=functools.partial(collate, pad_id=config.pad_id))
     train_ds = make_dataset(ds_cfg, splits["train"], tokenizer)
-    counts = count_tokens((train_ds[i]["input_ids"] for i in range(len(train_ds))), loaded.config.vocab_size,
-                          loaded.config.special_ids)
-    baseline = unigram_perplexity(counts, test_loader, loaded.config.mask_id, loaded.config.special_ids,
-                                  generator_seed=cfg.seed)
+    counts = count_tokens((train_ds[i]["input_ids"] for i in range(len(train_ds))), config.vocab_size,
+                          config.special_ids)
+    baseline = unigram_perplexity(counts, test_loader, config.mask_id, config.special_ids, generator_seed=cfg.seed)
     return {"test_loss": model_eval["loss"], "test_perplexity": model_eval["perplexity"],
-            "test_masked_tokens": model_eval["tokens"], "unigram_test_loss": baseline["loss"],
+            "test_masked_tokens": model_eval["tokens"], "test_device": model_eval["device"],
+            "test_precision": model_eval["precision"], "unigram_test_loss": baseline["loss"],
             "unigram_test_perplexity": baseline["perplexity"]}
 
 

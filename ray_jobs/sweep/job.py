@@ -9,10 +9,14 @@ on the validation metric unless ``--scheduler fifo``) over probe type, hidden si
 learning rate (log), weight decay (log) and batch size; every trial an MLflow run with its
 parameters, per-epoch metrics and best model. The best configuration (by validation metric) is
 then retrained with ``--seeds`` seeds and scored once on the test split beside a majority-class
-baseline and a shuffled-label control. The table (``summary.csv``, ``summary.md``, an MLflow run)
-sets audio against symbolic per label with intervals and flags. Details: ``ray_jobs.sweep.runner``
-(why one Tune run per task), ``ray_jobs.sweep.tracking`` (MLflow layout), ``ray_jobs.sweep.plan``
-(output folder and rerun behaviour), ``analysis.sweep_table`` (the statistics).
+baseline and a shuffled-label control. Every task uses the rows valid in every swept medium and
+embedder and one split (or one set of cross-validation folds over ``--group_column`` groups, see
+``--cv``), so the media are scored on the same test recordings; each record carries their
+``test_ids_sha256`` and every seed's per-item predictions. The table (``summary.csv``,
+``summary.md``, an MLflow run) sets the two media against each other per label with intervals and
+flags. Details: ``ray_jobs.sweep.runner`` (why one Tune run per task), ``ray_jobs.sweep.tracking``
+(MLflow layout), ``ray_jobs.sweep.plan`` (output folder and rerun behaviour),
+``analysis.sweep_table`` (the statistics).
 
 Exit codes: 0 every task finished; 1 some task failed (listed; a rerun retries it);
 2 bad flags or inputs (unknown medium, embedder, label or column; an output folder holding a
@@ -28,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from embedders.store.parts import MEDIA
+from embedders.store.parts import SEED_MEDIA
 
 
 def _positive(text: str) -> int:
@@ -57,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True,
                    help="comma-separated metadata columns; force a task with label:regression or label:classification "
                         "(auto: a numeric column with at least 20 distinct values is a regression)")
-    p.add_argument("--media", type=_csv, default=list(MEDIA), help=f"comma-separated (default: {','.join(MEDIA)})")
+    p.add_argument("--media", type=_csv, default=list(SEED_MEDIA),
+                   help="one medium, or two set side by side on the same rows and split, e.g. "
+                        f"symbolic_embeddings,transcribed_embeddings (default: {','.join(SEED_MEDIA)})")
     p.add_argument("--embedders", type=_csv, default=None,
                    help="comma-separated embedder names (default: every embedder stored for each medium)")
     p.add_argument("--embedding_type", choices=("average", "sequence"), default="average",
@@ -79,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split_column", default="split",
                    help="column holding train/validation/test (default split; 'none' or absent: a seeded stratified "
                         "70/15/15 split is drawn)")
+    p.add_argument("--cv", choices=("auto", "none", "logo", "group_kfold"), default="auto",
+                   help="auto: one split, or cross-validation over --group_column groups when a grouped split leaves a "
+                        "split without rows (leave-one-group-out up to 10 groups, else grouped 5-fold); none: one "
+                        "split or an error; logo / group_kfold: always cross-validate over groups")
     p.add_argument("--output_dir", default=None,
                    help="default results/sweep_<timestamp>; rerun with the same folder to continue a sweep")
     p.add_argument("--mlflow_tracking_uri", default=None,
@@ -87,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus_per_trial", type=float, default=1.0, help="CPUs reserved per trial and per retraining")
     p.add_argument("--gpus_per_trial", type=_non_negative_float, default=0.0, help="GPUs per trial (fractions allowed)")
     p.add_argument("--num_cpus", type=_positive, default=None, help="CPUs of a local Ray instance (default: all)")
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="Tune's console output")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0,
+                   help="0: this job's lines only (default); 1: also Tune's status tables and Ray's own logs; 2: Tune's most")
     return p
 
 
@@ -136,7 +147,7 @@ def settings_from_args(args):
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, seeds=args.seeds, scheduler=args.scheduler,
         max_epochs=args.max_epochs, patience=args.patience, grace_period=min(args.grace_period, args.max_epochs),
         reduction_factor=args.reduction_factor, group_column=args.group_column,
-        split_column=None if args.split_column.lower() == "none" else args.split_column,
+        split_column=None if args.split_column.lower() == "none" else args.split_column, cv=args.cv,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, num_cpus=args.num_cpus, seed=args.seed, verbose=args.verbose)
 
@@ -182,10 +193,13 @@ def _run(args, h5_source: str | None, output_name: str) -> int:
     # with num_to_keep=1 Tune snapshots its (local, ~0.05 s) state after every checkpoint; its warning
     # about that is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # every trial metric goes to MLflow (TrialLogger); Tune's own CSV and TensorBoard files per trial would
+    # duplicate it, and importing tensorboardX alone costs seconds per sweep (the runner keeps its JSON logger)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     tracking = SweepTracking(settings.tracking_uri, settings.experiment_name, sweep_id(settings.output_dir))
     print(f"sweep of {len(tasks)} task(s) into {settings.output_dir}; MLflow experiment "
           f"'{settings.experiment_name}' (id {tracking.experiment_id}) at {settings.tracking_uri}")
-    ensure_ray(settings.num_cpus)
+    ensure_ray(settings.num_cpus, verbose=settings.verbose > 0)
     summary = run_sweep(settings, tasks, tracking)
     if summary.get("markdown"):
         print("\n" + summary["markdown"])

@@ -7,8 +7,9 @@ Output folder (``--output_dir``)::
     tune/<task>/                Ray Tune's experiment folder: trial folders, best-model checkpoints
     tasks/<task>/search.json    written when the task's search ended: best configuration, trial table
     tasks/<task>/trials.csv     one row per trial: hyperparameters, best validation score, epochs, end
-    tasks/<task>/seeds.json     run_seeds' full output (per-seed test metrics, controls)
-    tasks/<task>/result.json    written last, when the best configuration was retrained over seeds
+    tasks/<task>/seeds.json     run_seeds' full output (per-seed test metrics, controls, per-item predictions)
+    tasks/<task>/result.json    written last, when the best configuration was retrained over seeds: the
+                                table record, with test_ids_sha256 and per-item predictions
     tasks/<task>/error.json     why the task failed (a rerun tries it again)
     summary.csv / .md           the audio-vs-symbolic table of every finished task in the folder
     summary_table.json          the table and the records it was built from
@@ -23,6 +24,7 @@ scratch: its Tune folder is removed and the MLflow runs of the earlier attempt a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from ray_jobs.sweep.space import LabelSpec, describe_space, search_space, task_k
 
 # settings that change what a task's search or retraining means; a rerun must keep them
 SEARCH_KEYS = ("h5_path", "embedding_type", "num_samples", "scheduler", "max_epochs", "patience", "grace_period",
-               "reduction_factor", "seed", "seeds", "group_column", "split_column", "space")
+               "reduction_factor", "seed", "seeds", "group_column", "split_column", "cv", "rows_sha256", "space")
 
 
 class SweepError(Exception):
@@ -64,16 +66,26 @@ class Settings:
     reduction_factor: float = 3.0
     group_column: str | None = None
     split_column: str | None = "split"     # None: load_task draws a seeded stratified split
+    cv: str = "auto"                       # training.evaluation_plan.CV_MODES
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     num_cpus: int | None = None
     seed: int = 0
-    verbose: int = 1
+    verbose: int = 0
     h5_source: str | None = None  # the URI a remote --h5_path came from (h5_path is then a local copy)
+    # the ids valid in every swept (medium, embedder): every task uses these rows (plan_tasks fills it)
+    row_ids: list[str] | None = None
 
     def h5_name(self) -> str:
         """The input as the user named it: the URI, or the absolute local path."""
         return self.h5_source or str(Path(self.h5_path).absolute())
+
+    @property
+    def rows_sha256(self) -> str | None:
+        """sha256 of the sorted shared row ids: a rerun on other rows (media, embedders, store) is refused."""
+        if self.row_ids is None:
+            return None
+        return hashlib.sha256("\n".join(sorted(self.row_ids)).encode()).hexdigest()
 
     def search_settings(self) -> dict[str, Any]:
         values = {k: getattr(self, k) for k in SEARCH_KEYS if k != "space"}
@@ -114,6 +126,10 @@ def plan_tasks(settings: Settings) -> list[Task]:
     unknown = [m for m in settings.media if m not in MEDIA]
     if unknown:
         raise SweepError(f"--media: unknown medium {unknown}; expected names from {list(MEDIA)}")
+    if settings.cv in ("logo", "group_kfold") and settings.group_column is None:
+        raise SweepError(f"--cv {settings.cv} holds out whole groups: give --group_column (e.g. drummer, composer)")
+    if not 1 <= len(settings.media) <= 2 or len(set(settings.media)) != len(settings.media):
+        raise SweepError(f"--media: expected one medium or two different ones to set side by side, got {settings.media}")
     try:
         stored = list_embedders(h5)
     except OSError as exc:
@@ -134,6 +150,7 @@ def plan_tasks(settings: Settings) -> list[Task]:
             raise SweepError(f"--embedders: {missing} not found in {settings.media} of {h5}; "
                              f"stored: { {m: stored.get(m, []) for m in settings.media} }")
     metadata = _metadata(h5, chosen)
+    settings.row_ids = _shared_rows(h5, chosen, settings.embedding_type)
     named = [(spec.label, "--labels") for spec in settings.labels] + [(settings.group_column, "--group_column")]
     if settings.split_column != "split":     # the default may be absent (a split is drawn); a named one may not
         named.append((settings.split_column, "--split_column"))
@@ -163,6 +180,26 @@ def _metadata(h5: Path, chosen: dict[str, list[str]]) -> pd.DataFrame:
                 raise SweepError(f"--h5_path: cannot read {medium}/{name} from {h5}: {exc}") from None
     merged = pd.concat(frames, ignore_index=True)
     return merged.drop_duplicates("id") if "id" in merged.columns else merged
+
+
+def _shared_rows(h5: Path, chosen: dict[str, list[str]], embedding_type: str) -> list[str]:
+    """The ids valid in every chosen (medium, embedder): the rows of every task, so media share one test set."""
+    from training.classifier_data import TaskDataError, shared_ids
+
+    sources = [(medium, None if name == "legacy" else name) for medium, names in chosen.items() for name in names]
+    try:
+        shared = shared_ids(h5, sources, embedding_type)
+    except TaskDataError as exc:
+        raise SweepError(f"--h5_path: {exc}") from None
+    if not shared["ids"]:
+        raise SweepError(f"--media/--embedders: no row of {h5} is valid in every swept medium and embedder "
+                         f"({shared['sources']})")
+    smallest = min(shared["sources"].values())
+    if len(shared["ids"]) < max(shared["sources"].values()):
+        print(f"note: {len(shared['ids'])} rows are valid in every swept medium and embedder "
+              f"({', '.join(f'{k}: {n}' for k, n in shared['sources'].items())}); every task uses those"
+              + ("" if len(shared["ids"]) == smallest else " (fewer than any one source: they miss different rows)"))
+    return shared["ids"]
 
 
 # ---------------------------------------------------------------------------------------------- state files

@@ -23,13 +23,15 @@ from typing import Any
 import ray
 from ray import tune
 from ray.exceptions import RayTaskError
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from analysis.report.sweep_page import table_markdown
-from analysis.sweep_table import build_table, key_metrics
+from analysis.sweep_table import AUDIO, SYMBOLIC, build_table, key_metrics
 from embedders.store.atomic import atomic_write_bytes, write_json
 from embedders.store.parts import StoreError
+from ray_jobs.console import Progress
 from ray_jobs.sweep.plan import Settings, Task, read_json, task_dir, task_state, tune_dir
 from ray_jobs.sweep.results import record_from_seeds
 from ray_jobs.sweep.space import search_space, train_config_kwargs
@@ -48,7 +50,8 @@ def _retrain(data: Any, config_kwargs: dict[str, Any], seeds: list[int], use_gpu
     """Ray task: the best configuration over seeds, each scored once on test, with its controls."""
     import torch
 
-    from training.experiment import TrainConfig, run_seeds
+    from training.experiment import TrainConfig
+    from training.seed_runs import run_seeds
 
     device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
     return run_seeds(data, TrainConfig(**config_kwargs), seeds, device=device)
@@ -59,11 +62,13 @@ def _score_key(task: Task) -> str:
 
 
 def load_data(settings: Settings, task: Task):
+    """The task's rows (those valid in every swept medium and embedder) and its split or CV folds."""
     from training.classifier_data import load_task
 
     return load_task(settings.h5_path, task.medium, task.label, embedder=task.embedder,
                      embedding_type=settings.embedding_type, group_column=settings.group_column,
-                     task=task.task, split_column=settings.split_column, seed=settings.seed)
+                     task=task.task, split_column=settings.split_column, seed=settings.seed,
+                     ids=settings.row_ids, cv=settings.cv)
 
 
 # ---------------------------------------------------------------------------------------------- search
@@ -89,9 +94,12 @@ def search_task(settings: Settings, task: Task, data: Any, tracking: SweepTracki
                                grace_period=min(settings.grace_period, settings.max_epochs),
                                reduction_factor=settings.reduction_factor)
                  if settings.scheduler == "asha" else FIFOScheduler())
+    progress = Progress(f"  {task.name} search", settings.num_samples, unit="trials")
     logger = TrialLogger(tracking, parent, task.key, space, settings.max_epochs,
-                         scheduler if isinstance(scheduler, RecordingASHA) else None)
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data),
+                         scheduler if isinstance(scheduler, RecordingASHA) else None, progress)
+    # cross-validation: the search selects on fold 1's validation groups (not nested: the chosen
+    # configuration is then retrained and tested on every fold)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data.fold(0)),
                                     {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     param_space = {**tune_domains(settings.embedding_type), "score_key": _score_key(task),
                    "max_epochs": settings.max_epochs, "patience": settings.patience, "seed": settings.seed,
@@ -100,15 +108,20 @@ def search_task(settings: Settings, task: Task, data: Any, tracking: SweepTracki
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
             metric="best_score", mode="max", num_samples=settings.num_samples, scheduler=scheduler,
-            max_concurrent_trials=settings.max_concurrent, reuse_actors=True,
-            search_alg=BasicVariantGenerator(random_state=settings.seed)),
+            # the generator's own limit: Tune ignores max_concurrent_trials with a BasicVariantGenerator
+            reuse_actors=True,
+            search_alg=BasicVariantGenerator(random_state=settings.seed, max_concurrent=settings.max_concurrent or 0)),
         run_config=tune.RunConfig(
-            name=task.key, storage_path=str(tune_dir(settings)), callbacks=[logger], verbose=settings.verbose,
+            # Tune's result.json per trial (its ResultGrid reads it); its CSV and TensorBoard loggers are off
+            # (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, set by the job): MLflow holds every metric already
+            name=task.key, storage_path=str(tune_dir(settings)), callbacks=[logger, JsonLoggerCallback()],
+            verbose=settings.verbose,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),   # the latest checkpoint is the best
             failure_config=tune.FailureConfig(max_failures=0)),
     )
     start = time.perf_counter()
-    tuner.fit()
+    with progress:
+        tuner.fit()
     seconds = time.perf_counter() - start
     trials = trial_table(logger, list(space))
     finished = [t for t in trials if t["best_score"] is not None and math.isfinite(t["best_score"])]
@@ -169,6 +182,7 @@ def _task_dict(task: Task) -> dict:
 
 
 def _data_params(data: Any) -> dict:
+    """What the search saw: rows per split (fold 1's under cross-validation), evaluation, test set hash."""
     split = getattr(data, "split", None)
     counts = {}
     if split is not None:
@@ -178,9 +192,11 @@ def _data_params(data: Any) -> dict:
         counts = {f"n_{v}": int(c) for v, c in zip(values, n)}
     provenance = getattr(data, "provenance", {}) or {}
     dropped = sum(int(d.get("rows", 0)) for d in provenance.get("dropped", []))
+    evaluation = provenance.get("evaluation", {})
     return {"n_rows": len(getattr(data, "y", [])), "input_dim": getattr(data, "input_dim", None),
             "num_outputs": getattr(data, "num_outputs", None), "n_dropped": dropped,
-            "split_source": provenance.get("split_source"), **counts}
+            "split_source": provenance.get("split_source"), "evaluation": evaluation.get("kind", "split"),
+            "n_folds": evaluation.get("n_folds", 1), "test_ids_sha256": provenance.get("test_ids_sha256"), **counts}
 
 
 # ---------------------------------------------------------------------------------------------- retraining
@@ -194,7 +210,9 @@ def finish_task(settings: Settings, task: Task, search: dict, seeds_out: dict, t
     parent = search["parent_run_id"]
     tracking.discard_children(parent, "final")
     final = tracking.child_run(parent, task.key, f"final: best config x {len(record['seeds'])} seeds", "final",
-                               {**search["best_config"], "seeds": record["seeds"]})
+                               {**search["best_config"], "seeds": record["seeds"]},
+                               tags={"avs.test_ids_sha256": str(record.get("test_ids_sha256")),
+                                     "avs.evaluation": str(record["evaluation"].get("kind"))})
     for seed, score, shuffled in zip(record["seeds"], record["test_scores"], record["shuffled_scores"]):
         tracking.log_metrics(final, {f"test_{task.score_name}": score, f"shuffled_test_{task.score_name}": shuffled},
                              step=int(seed))
@@ -269,13 +287,28 @@ def _fail(task: Task, exc: BaseException, error_file: Path) -> str:
     return message
 
 
+def table_sides(media: list[str]) -> dict[str, str]:
+    """Which medium fills the table's ``audio_*`` and ``symbolic_*`` columns (the two sides)."""
+    if len(media) == 2 and set(media) != {AUDIO, SYMBOLIC}:
+        return {AUDIO: media[0], SYMBOLIC: media[1]}
+    return {AUDIO: AUDIO, SYMBOLIC: SYMBOLIC}
+
+
 def write_summary(settings: Settings, tracking: SweepTracking) -> dict:
-    """summary.csv / .md (and the summary MLflow run) from every result.json in the output folder."""
+    """summary.csv / .md (and the summary MLflow run) from every result.json in the output folder.
+
+    Two media other than audio and symbolic (``--media A,B``) fill the table's audio and symbolic
+    columns in that order; summary.md says so in its first line."""
     records = [read_json(p) for p in sorted((settings.output_dir / "tasks").glob("*/result.json"))]
     if not records:
         return {"table": [], "records": 0}
-    table = build_table(records)
+    sides = table_sides(settings.media)
+    side_of = {medium: side for side, medium in sides.items()}
+    table = build_table([{**r, "medium": side_of[r["medium"]]} for r in records if r["medium"] in side_of])
     markdown = table_markdown(table)
+    if sides[AUDIO] != AUDIO:
+        markdown = (f"Columns: 'audio' = {sides[AUDIO]}, 'symbolic' = {sides[SYMBOLIC]} (--media "
+                    f"{','.join(settings.media)}).\n\n" + markdown)
     csv_bytes = table.to_csv(index=False).encode()
     out = settings.output_dir
     atomic_write_bytes(out / "summary.csv", csv_bytes)
@@ -287,5 +320,8 @@ def write_summary(settings: Settings, tracking: SweepTracking) -> dict:
                                                        "tasks": len(records), "seeds": settings.seeds,
                                                        "num_samples": settings.num_samples,
                                                        "scheduler": settings.scheduler})
+    evaluation = {f"{r['medium']}/{r['embedder']}/{r['label']}": {
+        "evaluation": r.get("evaluation", {}).get("description") or r.get("data", {}).get("split_source"),
+        "test_ids_sha256": r.get("test_ids_sha256"), "n_test": r.get("n_test")} for r in records}
     return {"table": table.to_dict("records"), "records": len(records), "markdown": markdown,
-            "summary_run_id": run_id}
+            "summary_run_id": run_id, "sides": sides, "evaluation": evaluation}

@@ -33,6 +33,8 @@ from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from ray_jobs.console import Progress
+
 ROLE = "avs.role"
 TASK = "avs.task"
 SWEEP = "avs.sweep_id"
@@ -196,8 +198,9 @@ class TrialLogger(tune.Callback):
     """Tune callback: every trial becomes a nested MLflow run under its task's parent run."""
 
     def __init__(self, tracking: SweepTracking, parent_id: str, key: str, searched: Iterable[str],
-                 max_epochs: int, scheduler: RecordingASHA | None):
+                 max_epochs: int, scheduler: RecordingASHA | None, progress: Progress | None = None):
         self.tracking, self.parent_id, self.key = tracking, parent_id, key
+        self.progress = progress  # trials finished / asked, on the console
         self.searched, self.max_epochs, self.scheduler = tuple(searched), max_epochs, scheduler
         self.trials: dict[str, Any] = {}      # trial id -> Tune Trial (config, last result)
         self.runs: dict[str, str] = {}        # trial id -> MLflow run id
@@ -244,6 +247,8 @@ class TrialLogger(tune.Callback):
         self.logged_models[trial.trial_id] = logged
         self.tracking.set_tags(run_id, {"avs.end": end, "avs.model_logged": logged})
         self.tracking.finish(run_id, "FINISHED")
+        if self.progress is not None:
+            self.progress.update(done=1)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.runs.get(trial.trial_id)
@@ -256,3 +261,5 @@ class TrialLogger(tune.Callback):
         self.errors[trial.trial_id] = message or "error (see the Tune trial folder)"
         self.tracking.set_tags(run_id, {"avs.end": "error", "avs.error": message or "see the Tune trial folder"})
         self.tracking.finish(run_id, "FAILED")
+        if self.progress is not None:
+            self.progress.update(done=1, failed=1)

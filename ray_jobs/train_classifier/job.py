@@ -10,6 +10,11 @@ Writes to ``--save_dir`` (default ``results/{medium}_{label}_{timestamp}``): ``b
 majority-class baseline, data provenance), ``confusion_matrix.json`` / ``.png``. With
 ``--seeds N`` the run is repeated over N seeds (mean, 95% t-interval, shuffled-label control) and
 ``seeds.json`` is written. ``--model_path`` evaluates a saved model without training.
+Rows: by default only the rows valid in every medium and embedder of the store (``--rows
+shared``), so runs on different media score the same test recordings with the same split.
+Evaluation: one split, or with ``--group_column`` and too few groups for a grouped split,
+cross-validation over groups (``--cv auto``; ``logo`` / ``group_kfold`` force it): every recording
+is scored once as test, and ``best_model.pth`` is the model of the first fold.
 No Ray: one process (it runs as is under ``ray job submit``).
 Exit codes: 0 done, 2 bad flags, file, medium, label or column.
 """
@@ -22,7 +27,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-MEDIA = ("audio_embeddings", "symbolic_embeddings")
+from embedders.store.parts import MEDIA
 
 
 def _model_kwargs(text: str) -> dict:
@@ -73,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=10, help="epochs without a better validation score before stopping")
     p.add_argument("--group_column", default=None, help="keep each group (e.g. drummer) on one side of every split")
     p.add_argument("--split_column", default="split", help="column holding train/validation/test ('none': draw one)")
+    p.add_argument("--cv", choices=("auto", "none", "logo", "group_kfold"), default="auto",
+                   help="auto: one split, or cross-validation over --group_column groups when a grouped split leaves "
+                        "a split without rows (leave-one-group-out up to 10 groups, else grouped 5-fold); none: one "
+                        "split or an error; logo / group_kfold: always cross-validate over groups")
+    p.add_argument("--rows", choices=("shared", "medium"), default="shared",
+                   help="shared: only rows valid in every medium and embedder of the store, so runs on different "
+                        "media score the same test recordings; medium: every valid row of --medium")
     p.add_argument("--task", choices=("classification", "regression", "auto"), default="classification")
     p.add_argument("--seeds", type=int, default=1, help="repeat over N seeds: mean, 95%% CI, shuffled-label control")
     p.add_argument("--seed", type=int, default=0)
@@ -134,10 +146,14 @@ def _run(args, argv: list[str] | None, h5_local) -> int:
         data = load_task(h5_local, args.medium, args.label, embedder=args.embedder,
                          embedding_type=args.embedding_type, group_column=args.group_column, task=args.task,
                          split_column=None if args.split_column.lower() == "none" else args.split_column,
-                         seed=args.seed)
+                         seed=args.seed, cv=args.cv, ids=_shared_rows(h5_local, args))
         rows = data.provenance["rows_per_split"]
-        print(f"{args.medium}/{data.provenance['embedder']} -> {args.label} ({data.task}): {rows['train']} train, "
-              f"{rows['validation']} validation, {rows['test']} test rows; split {data.provenance['split_source']}")
+        if data.folds is None:
+            print(f"{args.medium}/{data.provenance['embedder']} -> {args.label} ({data.task}): {rows['train']} train, "
+                  f"{rows['validation']} validation, {rows['test']} test rows; split {data.provenance['split_source']}")
+        else:
+            print(f"{args.medium}/{data.provenance['embedder']} -> {args.label} ({data.task}): "
+                  f"{data.provenance['rows_used']} rows, {data.provenance['split_source']} ({data.n_folds} folds)")
         if args.model_path:
             with fs.local_copy(args.model_path) as model_local:
                 exp = ClassificationExperiment.load(model_local, data, device=args.device)
@@ -170,9 +186,30 @@ def _run(args, argv: list[str] | None, h5_local) -> int:
     return 0
 
 
+def _shared_rows(h5_local, args) -> list[str] | None:
+    """--rows shared: the ids valid in every (medium, embedder) of the store; None for --rows medium."""
+    if args.rows == "medium":
+        return None
+    from embedders.store.reader import list_embedders
+    from training.classifier_data import shared_ids
+
+    stored = list_embedders(h5_local)
+    sources = [(medium, None if name == "legacy" else name) for medium, names in stored.items() for name in names]
+    if args.medium not in stored:
+        return None   # load_task names the missing medium
+    shared = shared_ids(h5_local, sources, args.embedding_type)
+    mine = max(n for key, n in shared["sources"].items() if key.startswith(args.medium + "/"))
+    if len(shared["ids"]) < mine:
+        print(f"note: --rows shared: {len(shared['ids'])} rows are valid in every stored medium and embedder "
+              f"({', '.join(f'{k}: {n}' for k, n in shared['sources'].items())}); --rows medium uses all of "
+              f"{args.medium}'s")
+    return shared["ids"]
+
+
 def _train(args, argv, data, config, save_dir: Path) -> None:
     from embedders.store.atomic import write_json
-    from training.experiment import HISTORY_FILE, run_seeds
+    from training.experiment import HISTORY_FILE
+    from training.seed_runs import run_seeds
 
     def progress(epoch: int, m: dict) -> None:
         score = m.get("val_accuracy", m.get("val_r2"))
@@ -184,24 +221,35 @@ def _train(args, argv, data, config, save_dir: Path) -> None:
     extra = {"argv": sys.argv[1:] if argv is None else list(argv), "package_versions": _versions()}
     saved: dict = {}
 
-    def save_first(seed: int, fitted, control: dict) -> None:
-        """The first seed's model is the run's best_model.pth; later seeds only add to the interval."""
+    def save_first(seed: int, fitted, control: dict, result: dict) -> None:
+        """The first seed's model is the run's best_model.pth; later seeds only add to the interval.
+        Under cross-validation it is the first fold's model, and the test scores are those of every fold."""
         print(f"seed {seed}: best epoch {fitted.best_epoch} of {len(fitted.history)}; shuffled-label control "
               f"(same configuration, permuted train/validation labels): test {metric} {control[metric]:.4f}",
               flush=True)
         if not saved:
-            saved.update(fitted.save(save_dir, extra={**extra, "shuffled_label_control": control}))
+            pooled = None
+            if data.folds is not None:
+                pooled = {k: v for k, v in result.items() if k not in ("seed", "best_epoch", "epochs_run")}
+                extra["cv"] = {**data.provenance["evaluation"], "best_model": "the model of fold 1; 'test' holds "
+                               f"the scores of all {data.n_folds} folds, every row test once"}
+            saved.update(fitted.save(save_dir, extra={**extra, "shuffled_label_control": control},
+                                     test_result=pooled))
             print(_summary("test", saved["test"], data.task), flush=True)
 
     out = run_seeds(data, config, seeds, on_epoch=progress, device=args.device, on_seed=save_first)
+    # per-item test predictions of every seed (the item-level paired test between media reads them)
+    saved["test_items"] = {k: out[k] for k in ("seeds", "test_ids_sha256", "test_ids", "test_targets", "test_folds",
+                                               "test_predictions", "shuffled_test_predictions")}
     if args.seeds > 1:
         write_json(save_dir / "seeds.json", out)
         saved["seeds_summary"] = {k: out[k] for k in ("metric", "seeds", "test_scores", "shuffled_scores", "baseline",
-                                                       "mean", "ci_lo", "ci_hi", "sd", "interval", "shuffled")}
-        write_json(save_dir / HISTORY_FILE, saved)
+                                                       "mean", "ci_lo", "ci_hi", "sd", "interval", "seed_interval",
+                                                       "shuffled")}
         print(f"{args.seeds} seeds: test {out['metric']} {out['mean']:.4f} [{out['ci_lo']:.4f}, {out['ci_hi']:.4f}] "
-              f"(95% Student-t interval over seeds); baseline {out['baseline']:.4f}; shuffled-label control "
+              f"({out['interval']}); baseline {out['baseline']:.4f}; shuffled-label control "
               f"{out['shuffled']['mean']:.4f}")
+    write_json(save_dir / HISTORY_FILE, saved)
 
 
 def _versions() -> dict:

@@ -25,12 +25,12 @@ PHRASE = [
 
 
 def require_basic_pitch() -> None:
-    """Skip without the [basic_pitch] extra and the wheel, except under CI=true, which installs them (then fail)."""
+    """Skip without the [basic-pitch] extra and the wheel, except under CI=true, which installs them (then fail)."""
     missing = [m for m in EXTRA if importlib.util.find_spec(m) is None]
     if missing and os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but {missing} not installed; CI installs the [basic_pitch] extra and basic-pitch --no-deps")
+        pytest.fail(f"CI=true but {missing} not installed; CI installs the [basic-pitch] extra and basic-pitch --no-deps")
     if missing:
-        pytest.skip(f"{missing} not installed: pip install '.[basic_pitch]' -c constraints.txt && "
+        pytest.skip(f"{missing} not installed: pip install '.[basic-pitch]' -c constraints.txt && "
                     "pip install --no-deps basic-pitch==0.4.0")
 
 

@@ -108,8 +108,12 @@ def training_files(path: str | os.PathLike[str]) -> list[str]:
 
 
 def tokenizer_params(tokenizer) -> str:
-    """The tokenizer as a JSON string (MidiTok's ``to_dict``): what a checkpoint stores."""
-    return json.dumps(tokenizer.to_dict(), sort_keys=True)
+    """The tokenizer as a JSON string (MidiTok's ``to_dict``): what a checkpoint stores.
+
+    Keys keep MidiTok's order: the vocabulary is rebuilt in the order of the config's mappings
+    (e.g. ``time_signature_range``), so sorting them would renumber tokens of an untrained tokenizer.
+    """
+    return json.dumps(tokenizer.to_dict())
 
 
 def tokenizer_from_params(params: str | dict[str, Any]):

@@ -83,19 +83,25 @@ class MIDITransformerEncoder(nn.Module):
         with torch.no_grad():
             self.token_emb.weight[config.pad_id].zero_()
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids, (B, L) bool -> (B, L, D) contextual states (values at padded positions are junk)."""
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, L) ids, (B, L) bool -> (B, L, D) contextual states (values at padded positions are junk).
+
+        ``attention_mask`` None means no padding: attention then runs without a mask, which lets
+        CUDA use its fused kernels (a padding mask rules out flash attention).
+        """
         length = input_ids.shape[1]
         if length > self.config.max_seq_len:
             raise ValueError(f"sequence length {length} exceeds max_seq_len {self.config.max_seq_len}")
         pos = torch.arange(length, device=input_ids.device)  # (L,)
         x = self.drop(self.token_emb(input_ids) + self.pos_emb(pos)[None])  # (B, L, D)
-        x = self.encoder(x, src_key_padding_mask=~attention_mask.bool())  # (B, L, D)
+        padding = None if attention_mask is None else ~attention_mask.bool()
+        x = self.encoder(x, src_key_padding_mask=padding)  # (B, L, D)
         return self.norm(x)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, L, V); with a (B, L) bool ``positions``, only those rows: (N, V).
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                positions: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits (B, L, V); with ``positions``, only those rows: (N, V). ``positions`` is a (B, L) bool
+        mask or a (rows (N,), cols (N,)) pair of index tensors (its size is known without a device sync).
 
         Selecting inside forward saves the (B, L, V) projection in training and keeps DDP's
         forward hooks in the path (calling another method on a DDP module would bypass them).
