@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import TextIO
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
+#: Ray loggers whose warnings only restate what quiet_ray did ("Progress bars disabled. To enable ...").
+RAY_NOTICE_LOGGERS = ("ray.data._internal.progress",)
 
 
 def add_verbose_flag(parser) -> None:
@@ -46,6 +48,8 @@ def quiet_ray(verbose: bool = False) -> None:
     # Ray Data configures its own loggers when imported: set them again after that import.
     for name in RAY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in RAY_NOTICE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _duration(seconds: float) -> str:
@@ -75,6 +79,7 @@ class Progress:
         self.started = clock()
         self._last_print = -math.inf
         self._closed = False
+        self.group: ProgressGroup | None = None
 
     def line(self) -> str:
         elapsed = max(self.clock() - self.started, 1e-9)
@@ -98,6 +103,9 @@ class Progress:
             self._last_print = now
 
     def _emit(self, final: bool) -> None:
+        if self.tty and self.group is not None:
+            self.group.redraw()
+            return
         if self.tty:
             self.stream.write("\r\x1b[2K" + self.line() + ("\n" if final else ""))
         else:
@@ -106,6 +114,7 @@ class Progress:
 
     def close(self) -> None:
         if not self._closed and self.total:
+            self._closed = True
             self._emit(final=True)
         self._closed = True
 
@@ -118,6 +127,38 @@ class Progress:
         self.__dict__.update(state, stream=sys.stdout, clock=time.monotonic)
 
     def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ProgressGroup:
+    """Several ``Progress`` counters at once (one per medium of one pass). On a terminal their lines
+    are redrawn in place, one line each; in a log each member prints its own periodic lines.
+    Members with a total of zero are left out."""
+
+    def __init__(self, members: list[Progress]):
+        self.members = [m for m in members if m.total]
+        self._drawn = False
+        for member in self.members:
+            member.group = self
+
+    def redraw(self) -> None:
+        stream = self.members[0].stream
+        text = f"\x1b[{len(self.members) - 1}A\r" if self._drawn and len(self.members) > 1 else "\r"
+        text += "\n".join("\x1b[2K" + m.line() for m in self.members)
+        if all(m._closed for m in self.members):
+            text += "\n"
+        stream.write(text)
+        stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        for member in self.members:
+            member.close()
+
+    def __enter__(self) -> ProgressGroup:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -446,8 +446,8 @@ def test_pipeline_actors_pass_the_original_midi_file(ckpt, tmp_path):
     for actor, batch in batches:
         seen = []
         original = actor.embedder.embed_items
-        actor.embedder.embed_items = (lambda ids, items, _f=original, _seen=seen:
-                                      _seen.extend(type(i) for i in items) or _f(ids, items))
+        actor.embedder.embed_items = (lambda ids, items, _f=original, _seen=seen, **kw:
+                                      _seen.extend(type(i) for i in items) or _f(ids, items, **kw))
         out = actor(batch)
         assert seen == [bytes]
         np.testing.assert_array_equal(out["sequence"][0], direct)

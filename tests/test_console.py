@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from ray_jobs.console import RAY_LOGGERS, Progress, quiet_ray
+from ray_jobs.console import RAY_LOGGERS, RAY_NOTICE_LOGGERS, Progress, ProgressGroup, quiet_ray
 
 
 class Clock:
@@ -51,6 +51,38 @@ def test_terminal_gets_one_rewritten_line():
     assert text.count("\r\x1b[2K") == 4  # three updates and the final line, each over the last
 
 
+def test_a_group_redraws_one_line_per_member_on_a_terminal():
+    out, clock = Tty(), Clock()
+    a = Progress("audio", 2, stream=out, clock=clock)
+    b = Progress("midi", 2, stream=out, clock=clock)
+    empty = Progress("none", 0, stream=out, clock=clock)
+    with ProgressGroup([a, b, empty]):
+        clock.t = 1.0
+        a.update(done=1)
+        clock.t = 2.0
+        b.update(done=2)
+        a.update(done=1)
+    text = out.getvalue()
+    frames = text.split("\r")[1:]
+    assert len(frames) == 5  # three updates and two closes, each redrawing both lines
+    assert frames[0] == ("\x1b[2Kaudio: 1/2 rows (50%), 1.0 rows/s, elapsed 0:01, ETA 0:01\n"
+                         "\x1b[2Kmidi: 0/2 rows (0%), 0.0 rows/s, elapsed 0:01, ETA ?\x1b[1A")
+    assert text.endswith("\x1b[2Kaudio: 2/2 rows (100%), 1.0 rows/s, elapsed 0:02\n"
+                         "\x1b[2Kmidi: 2/2 rows (100%), 1.0 rows/s, elapsed 0:02\n")
+    assert "none" not in text
+
+
+def test_a_group_in_a_log_prints_each_member_line():
+    out, clock = io.StringIO(), Clock()
+    a, b = Progress("audio", 2, stream=out, clock=clock), Progress("midi", 2, stream=out, clock=clock)
+    with ProgressGroup([a, b]):
+        clock.t = 1.0
+        a.update(done=2)
+        b.update(done=2, failed=1)
+    assert out.getvalue().splitlines()[-2:] == ["audio: 2/2 rows (100%), 2.0 rows/s, elapsed 0:01",
+                                                "midi: 2/2 rows (100%), 2.0 rows/s, elapsed 0:01, 1 failed"]
+
+
 def test_survives_pickling_as_tune_does_with_callbacks():
     import pickle
 
@@ -73,13 +105,15 @@ def test_quiet_ray_silences_ray_loggers_and_data_progress(monkeypatch):
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    saved = (ctx.enable_progress_bars, ctx.print_on_execution_start, {n: logging.getLogger(n).level for n in RAY_LOGGERS})
+    saved = (ctx.enable_progress_bars, ctx.print_on_execution_start,
+             {n: logging.getLogger(n).level for n in (*RAY_LOGGERS, *RAY_NOTICE_LOGGERS)})
     try:
         quiet_ray(verbose=True)
         assert ctx.print_on_execution_start == saved[1]  # verbose changes nothing
         quiet_ray(verbose=False)
         assert not ctx.enable_progress_bars and not ctx.print_on_execution_start
         assert all(logging.getLogger(n).getEffectiveLevel() >= logging.WARNING for n in RAY_LOGGERS)
+        assert all(logging.getLogger(n).getEffectiveLevel() >= logging.ERROR for n in RAY_NOTICE_LOGGERS)
     finally:
         ctx.enable_progress_bars, ctx.print_on_execution_start = saved[0], saved[1]
         for name, level in saved[2].items():

@@ -1,9 +1,9 @@
 """A job SIGKILLed between a part's write and its commit, and its rerun.
 
-The job runs in its own process session with its own local Ray, so every process of it (driver,
-Ray's daemons, the embedding actor) can be killed at once, as when a node dies. The actor is held at
-the injected point (``AVS_TEST_HOLD_BEFORE_COMMIT``): its part is written under a temporary name
-and not yet renamed into place when the kill comes.
+The job runs in its own process session (with its own local Ray, or the local executor), so every
+process of it (driver, Ray's daemons, the embedding actor) can be killed at once, as when a node
+dies. The embedding process is held at the injected point (``AVS_TEST_HOLD_BEFORE_COMMIT``): its
+part is written under a temporary name and not yet renamed into place when the kill comes.
 """
 
 from __future__ import annotations
@@ -61,16 +61,18 @@ def stored_ids(emb: Path, medium: str, name: str) -> list[str]:
     return [i for p in part_files(emb, medium, name) for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
 
 
-def test_kill_between_write_and_commit_then_rerun(ray_session, tmp_path, capsys):
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_kill_between_write_and_commit_then_rerun(ray_session, tmp_path, capsys, executor):
+    """On Ray the embedding actor is held; with the local executor and --max_actors 1, the driver."""
     if not sys.platform.startswith("linux"):
         pytest.skip("process bookkeeping reads /proc")
     make_dataset(tmp_path / "raw" / "toy", n=6, seconds=2.0)
     marker = tmp_path / "held"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0",
-           HOLD_BEFORE_COMMIT: f"2:{marker}"}  # the actor commits 2 parts, then holds its 3rd uncommitted
+           HOLD_BEFORE_COMMIT: f"2:{marker}"}  # the embedding process commits 2 parts, then holds its 3rd
     job = subprocess.Popen([sys.executable, "-m", "ray_jobs.generate_embeddings", *ARGS, "--data_root", str(tmp_path),
-                            "--num_cpus", "2"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           start_new_session=True)
+                            "--num_cpus", "2", "--executor", executor], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 420
         while not marker.exists() and job.poll() is None and time.monotonic() < deadline:

@@ -45,8 +45,9 @@ def toy(tmp_path):
     return tmp_path
 
 
-def test_bad_files_are_recorded_and_the_rest_is_paired(ray_session, toy, capsys):
-    assert run(toy) == 0
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_bad_files_are_recorded_and_the_rest_is_paired(ray_session, toy, capsys, executor):
+    assert run(toy, "--executor", executor) == 0
     emb = toy / "embeddings" / "toy"
     errors = pd.read_parquet(emb / "errors.parquet")
     got = {(r.id, r.medium, r.stage, r.error_type) for r in errors.itertuples()}
@@ -189,7 +190,8 @@ def test_rows_without_one_medium_are_embedded_in_the_other(ray_session, tmp_path
     errors = pd.read_parquet(emb / "errors.parquet")
     assert sorted(zip(errors["id"], errors["medium"], errors["stage"], errors["error_type"])) == [
         ("rec1", A, "input", "AbsentMedium"), ("rec2", S, "input", "AbsentMedium")]
-    assert errors.set_index("id").loc["rec1", "message"].startswith("info.csv has no audio_filename")
+    assert errors.set_index("id").loc["rec1", "message"] == "empty audio_filename in info.csv: this recording has no audio"
+    assert errors.set_index("id").loc["rec2", "message"] == "empty midi_filename in info.csv: this recording has no MIDI"
     summary = pd.read_json(emb / "summary.json", typ="series")
     assert {m: (c["absent"], c["failed"], c["done"]) for m, c in summary["media"].items()} == {A: (1, 0, 3), S: (1, 0, 3)}
     with h5py.File(emb / "embeddings.h5") as f:
@@ -245,15 +247,78 @@ def test_driver_gets_small_rows_and_h5_none_leaves_the_folder_to_read(ray_sessio
 
 
 def test_gpu_layout_pipeline_commits_parts_on_cpu_too(ray_session, tmp_path):
-    """The --num_gpus layout (decode tasks, then a pool of PartsActor), run with CPU actors."""
-    from ray_jobs.generate_embeddings.pipeline import MediumSpec, PartTarget, build_dataset
+    """The GPU layout (decode+prepare tasks, then a pool of PartsActor), run with CPU actors."""
+    from ray_jobs.generate_embeddings.pipeline import MediumSpec, PartTarget
+    from ray_jobs.generate_embeddings.ray_data import build_dataset
+    from ray_jobs.generate_embeddings.resources import Pool
 
     root = make_dataset(tmp_path / "raw" / "toy", n=3, seconds=1.0)
     spec = MediumSpec(S, "midi_filename", "pianoroll", {}, None)
     store = tmp_path / "store"
     rows = [{"id": f"rec{k}", "path": f"midi/rec{k}.mid"} for k in range(3)] + [{"id": "gone", "path": "midi/gone.mid"}]
-    ds = build_dataset(rows, spec, PartTarget(str(store), "h", {}, 256, 2), str(root), max_actors=1, num_gpus=0)
+    ds = build_dataset(rows, spec, PartTarget(str(store), "h", {}, 256, 2), str(root), pool=Pool(1, 1, 0.25, 0.0))
     out = pd.concat([pd.DataFrame(b) for b in ds.iter_batches(batch_size=None, batch_format="numpy")])
     assert sorted(zip(out["id"], out["status"])) == [("gone", "failed"), ("rec0", "done"), ("rec1", "done"), ("rec2", "done")]
     assert sorted(stored_ids(store, S, "pianoroll")) == ["rec0", "rec1", "rec2"]
     assert len(part_files(store, S, "pianoroll")) == 2  # one part per embedding batch of 2
+
+
+def h5_arrays(path, groups):
+    with h5py.File(path) as f:
+        return {f"{g}/{k}": f[g][k][...] for g in groups for k in ("average", "sequence", "sequence_offsets", "valid")}
+
+
+def test_local_and_ray_executors_write_the_same_store(ray_session, toy, tmp_path):
+    """--executor local (this process + a spawned pool) and Ray Data store identical vectors, errors
+    and summaries; auto picks local for this small local input."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(toy / "raw", other / "raw")
+    assert run(toy, "--executor", "ray") == 0
+    assert run(other) == 0  # auto
+    a, b = toy / "embeddings/toy", other / "embeddings/toy"
+    assert pd.read_json(b / "summary.json", typ="series")["executor"] == "local"
+    assert pd.read_json(a / "summary.json", typ="series")["executor"] == "ray"
+    groups = (f"{A}/melstats", f"{S}/pianoroll")
+    got, want = h5_arrays(b / "embeddings.h5", groups), h5_arrays(a / "embeddings.h5", groups)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    errors = []
+    for data_root in (toy, other):
+        table = pd.read_parquet(data_root / "embeddings/toy/errors.parquet").sort_values(["id", "medium"])
+        table["message"] = table["message"].str.replace(str(data_root), "<data_root>")  # the files' own paths differ
+        errors.append(table.reset_index(drop=True))
+    pd.testing.assert_frame_equal(errors[0], errors[1])
+
+
+def test_gpus_are_requested_only_for_media_whose_embedder_uses_them(ray_session, toy, monkeypatch, capsys):
+    """--num_gpus with melstats + pianoroll: no Ray Data stage asks for a GPU, and the job says why."""
+    import ray.data
+
+    asked = []
+    real = ray.data.Dataset.map_batches
+
+    def spy(self, fn, **kwargs):
+        asked.append((getattr(fn, "__name__", str(fn)), kwargs.get("num_gpus"), kwargs.get("num_cpus")))
+        return real(self, fn, **kwargs)
+
+    monkeypatch.setattr(ray.data.Dataset, "map_batches", spy)
+    assert run(toy, "--executor", "ray", "--num_gpus", "1") == 0
+    assert asked and all(not gpus for _, gpus, _ in asked), asked
+    assert asked == [("MediaActor", None, 1.0)]
+    assert "--num_gpus 1 ignored: no chosen embedder runs on an accelerator" in capsys.readouterr().out
+
+
+def test_impossible_local_gpus_fail_at_once(ray_session, toy, tmp_path_factory, capsys):
+    """A local Ray instance without GPUs and a GPU embedder with --num_gpus: exit 2, one line, nothing written."""
+    from tests.midi_model_factory import tiny_checkpoint
+
+    checkpoint = tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+    capsys.readouterr()
+    assert run(toy, "--media", S, "--symbolic_embedder", "midi_transformer", "--symbolic_checkpoint", str(checkpoint),
+               "--num_gpus", "0.5") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: symbolic_embeddings/midi_transformer: --num_gpus 0.5 per")
+    assert "has 0 GPU(s)" in err and "RAY_ADDRESS is not set" in err
+    assert not (toy / "embeddings").exists()

@@ -391,7 +391,9 @@ def test_gpu_layout_reads_the_transcriptions_from_the_store(ray_session, tmp_pat
     """The --num_gpus layout (decode tasks, then PartsActor) takes the medium's files from ``files_root``."""
     from embedders.io import decode_midi
     from embedders.registry import get_embedder
-    from ray_jobs.generate_embeddings.pipeline import MediumSpec, PartTarget, build_dataset
+    from ray_jobs.generate_embeddings.pipeline import MediumSpec, PartTarget
+    from ray_jobs.generate_embeddings.ray_data import build_dataset
+    from ray_jobs.generate_embeddings.resources import Pool
     from tests.factory import scale_notes, write_midi
 
     store = tmp_path / "store"
@@ -399,8 +401,8 @@ def test_gpu_layout_reads_the_transcriptions_from_the_store(ray_session, tmp_pat
         write_midi(store / tx.midi_relpath("bp", f"s/{k}"), scale_notes(60 + k), bpm=100)
     spec = MediumSpec(T, "audio_filename", "pianoroll", {}, None, files_root=str(store), transcriber=("bp", {}))
     rows = [{"id": f"s/{k}", "path": tx.midi_relpath("bp", f"s/{k}")} for k in range(2)]
-    ds = build_dataset(rows, spec, PartTarget(str(store), "h", {}, 256, 2), str(tmp_path / "dataset"), max_actors=1,
-                       num_gpus=0)
+    ds = build_dataset(rows, spec, PartTarget(str(store), "h", {}, 256, 2), str(tmp_path / "dataset"),
+                       pool=Pool(min_size=1, max_size=1, num_cpus=0.25, num_gpus=0))
     out = pd.concat([pd.DataFrame(b) for b in ds.iter_batches(batch_size=None, batch_format="numpy")])
     assert sorted(zip(out["id"], out["status"])) == [("s/0", "done"), ("s/1", "done")]
     table = pq.read_table(part_files(store, T, "pianoroll")[0]).to_pandas().set_index("id")

@@ -80,7 +80,7 @@ class BasicPitch(Embedder):
         return [f"{n}_mean" for n in per] + [f"{n}_max" for n in per]
 
     @classmethod
-    def hash_config(cls, config: EmbedderConfig) -> str:
+    def hash_config(cls, config: EmbedderConfig, *, cuda: bool | None = None) -> str:
         """Config less ``threads``, code, and the model file's digest (other weights, other hash)."""
         kept = {k: v for k, v in dataclasses.asdict(config).items() if k not in _HASH_EXEMPT}
         path = bpm.model_path(config.checkpoint, cls.name)  # type: ignore[attr-defined]
@@ -88,7 +88,7 @@ class BasicPitch(Embedder):
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @classmethod
-    def describe_config(cls, config: EmbedderConfig) -> dict[str, Any]:
+    def describe_config(cls, config: EmbedderConfig, *, cuda: bool | None = None) -> dict[str, Any]:
         out = super().describe_config(config)
         path = bpm.model_path(config.checkpoint, cls.name)  # type: ignore[attr-defined]
         out.update(window_seconds=config.window_seconds, weights_file=os.path.basename(path),  # type: ignore[attr-defined]

@@ -125,13 +125,13 @@ class Hear(Embedder):
         return int(model.scene_embedding_size if config.layer == "scene" else model.timestamp_embedding_size)  # type: ignore[attr-defined]
 
     @classmethod
-    def hash_config(cls, config: EmbedderConfig) -> str:
+    def hash_config(cls, config: EmbedderConfig, *, cuda: bool | None = None) -> str:
         """Also the module's distribution, its file's digest and the model file's digest."""
         ident = cls._identity(config)
         return hashlib.sha256(f"{super().hash_config(config)}:{sorted(ident.items())}".encode()).hexdigest()[:16]
 
     @classmethod
-    def describe_config(cls, config: EmbedderConfig) -> dict[str, Any]:
+    def describe_config(cls, config: EmbedderConfig, *, cuda: bool | None = None) -> dict[str, Any]:
         _, model = load(config)  # type: ignore[arg-type]
         return {**super().describe_config(config), **cls._identity(config), "module_sample_rate": int(model.sample_rate)}
 

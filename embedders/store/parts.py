@@ -1,8 +1,10 @@
 """The Parquet side of the embedding store: ``data/embeddings/<dataset>/`` (a folder or a URI).
 
 - ``parquet/<medium>/<embedder>/part-<hex>.parquet``: one row per recording: ``id``, ``average``
-  (D,), ``sequence`` (the (T, D) frames flattened), ``n_frames``, ``dim``, ``config_hash``; the
-  embedder's description (JSON) in the schema metadata. Written by the embedding workers
+  (D,: the embedder's own global vector, ``Embedder.average``; the frame mean unless its authors
+  define another), ``sequence`` (the (T, D) frames flattened), ``n_frames``, ``dim``,
+  ``config_hash`` (of the process that embedded the row: the authoritative one); the embedder's
+  description (JSON) in the schema metadata. Written by the embedding workers
   (``ShardWriter``), each part committed atomically (``commit_part``): a reader never sees half a
   part, and a killed job leaves at most uncommitted temporary files that ``prepare_medium`` removes.
 - ``metadata.parquet``: the info.csv rows (every column, types kept) and the job's provenance, so
@@ -161,14 +163,24 @@ class ShardWriter:
         self.max_part_bytes = max_part_bytes
         self._ids: list[str] = []
         self._seqs: list[np.ndarray] = []
+        self._avgs: list[np.ndarray] = []
         self._bytes = 0
         self.rows_written = 0
         self.parts_written = 0
 
-    def add(self, item_id: str, sequence: np.ndarray) -> None:
+    def add(self, item_id: str, sequence: np.ndarray, average: np.ndarray | None = None) -> None:
+        """Buffer one row: ``sequence`` (T, D) and its ``average`` (D,): the embedder's own global
+        vector (``Embedding.average``); None stores the mean over frames."""
         sequence = np.asarray(sequence, dtype=np.float32)
+        if average is None:
+            average = sequence.mean(axis=0, dtype=np.float64)
+        average = np.asarray(average, dtype=np.float32)
+        if sequence.ndim != 2 or average.shape != sequence.shape[1:]:
+            raise StoreError(f"row {item_id!r} of {self.dir}: sequence {sequence.shape} and average {average.shape} "
+                             "do not fit (expected (T, D) and (D,))")
         self._ids.append(str(item_id))
         self._seqs.append(sequence)
+        self._avgs.append(average)
         self._bytes += sequence.nbytes
         if len(self._ids) >= self.rows_per_part or self._bytes >= self.max_part_bytes:
             self.flush()
@@ -183,7 +195,7 @@ class ShardWriter:
         n_frames = np.array([s.shape[0] for s in self._seqs], dtype=np.int32)
         flat = np.concatenate([s.reshape(-1) for s in self._seqs])
         seq_offsets = np.concatenate([[0], np.cumsum(n_frames.astype(np.int64) * dim)])
-        averages = np.stack([s.mean(axis=0) for s in self._seqs]).astype(np.float32)
+        averages = np.stack(self._avgs)
         table = pa.table(
             {
                 "id": pa.array(self._ids, pa.string()),
@@ -197,7 +209,7 @@ class ShardWriter:
         commit_part(table, self.dir)
         self.rows_written += len(self._ids)
         self.parts_written += 1
-        self._ids, self._seqs, self._bytes = [], [], 0
+        self._ids, self._seqs, self._avgs, self._bytes = [], [], [], 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,6 +223,14 @@ class MediumState:
     parts: int                  # committed parts kept
     removed_parts: int          # parts removed by overwrite
     removed_temporary: int      # uncommitted files of a killed run, removed
+    #: config hashes the kept rows carry: the requested one, or those the embedding processes
+    #: resolved the same request to (another device or precision than the driver assumed)
+    stored_hashes: set[str] = dataclasses.field(default_factory=set)
+
+
+#: Key of a part's description naming the config hash the driver asked for; the rows carry the
+#: hash of the process that embedded them (``config_hash``), which may differ (see prepare_medium).
+REQUESTED_HASH_KEY = "requested_config_hash"
 
 
 def _read_each(paths: Sequence, columns: Sequence[str]) -> Iterator[pa.Table]:
@@ -222,12 +242,21 @@ def _read_each(paths: Sequence, columns: Sequence[str]) -> Iterator[pa.Table]:
         yield from pool.map(lambda p: read_parquet(p, columns=columns), paths)
 
 
+def _requested_hash(table: pa.Table) -> str | None:
+    meta = (table.schema.metadata or {}).get(b"avs.description")
+    return json.loads(meta).get(REQUESTED_HASH_KEY) if meta else None
+
+
 def prepare_medium(store, medium: str, embedder: str, config_hash: str, *, overwrite: bool = False) -> MediumState:
     """Get one (medium, embedder) of ``store`` ready for writing; read each part file once.
 
     Removes the temporary files a killed run left; with ``overwrite`` removes every part, else
-    returns the ids already committed. Raises StoreError when parts of another config hash
-    (another config or code version of the embedder) are stored, so two configs never mix.
+    returns the ids already committed. A part belongs to this config when its rows carry
+    ``config_hash`` or its description says ``config_hash`` was requested (the embedding process
+    resolved device or precision otherwise than the driver assumed, and wrote its own hash: the
+    same request, so those rows are done; ``stored_hashes`` lists what the rows carry). Raises
+    StoreError when parts of another config (another config or code version of the embedder)
+    are stored, so two configs never mix.
     """
     directory = parts_dir(store, medium, embedder)
     removed_temporary = fs.remove_temporary_files(directory)
@@ -238,14 +267,18 @@ def prepare_medium(store, medium: str, embedder: str, config_hash: str, *, overw
         return MediumState(set(), 0, len(parts), removed_temporary)
     done: set[str] = set()
     other: set[str] = set()
+    stored: set[str] = set()
     for table in _read_each(parts, ("id", "config_hash")):
-        other.update(h for h in table.column("config_hash").unique().to_pylist() if h != config_hash)
+        hashes = set(table.column("config_hash").unique().to_pylist())
+        if hashes - {config_hash} and _requested_hash(table) != config_hash:
+            other.update(hashes - {config_hash})
+        stored.update(hashes)
         done.update(table.column("id").to_pylist())
     if other:
         raise StoreError(
             f"{directory} holds embeddings made with another config or code version (config hash "
             f"{sorted(other)}, now {config_hash}); rerun with --overwrite to recompute them")
-    return MediumState(done, len(parts), 0, removed_temporary)
+    return MediumState(done, len(parts), 0, removed_temporary, stored)
 
 
 # ---------------------------------------------------------------------------------------------

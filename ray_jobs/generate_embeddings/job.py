@@ -1,8 +1,9 @@
-"""Embed every recording of a paired dataset in both media, on Ray Data; consolidate embeddings.h5.
+"""Embed every recording of a paired dataset in both media; consolidate embeddings.h5.
 
     python -m ray_jobs.generate_embeddings --dataset music21 [--data_root data]
         [--audio_embedder melstats] [--symbolic_embedder pianoroll] [--num_gpus 0]
-        [--batch_size N] [--max_actors N] [--overwrite] [--h5 write|none] [--h5_layout columnar|legacy]
+        [--executor auto|local|ray] [--batch_size N] [--max_actors N] [--overwrite]
+        [--h5 write|none] [--h5_layout columnar|legacy] [--verbose]
         [--media audio_embeddings,symbolic_embeddings,transcribed_embeddings] [--transcriber basic_pitch]
 
 The third medium, ``transcribed_embeddings``, is the symbolic embedder run on each recording's
@@ -11,18 +12,28 @@ audio transcribed to MIDI (``transcription.py``: transcriptions kept under the s
 
 The embedding workers write the Parquet parts of ``<data_root>/embeddings/<dataset>/`` themselves,
 each part committed atomically; the driver receives one small row per (id, medium) (status, error,
-frame count), writes errors.parquet, metadata.parquet and summary.json, and then streams the parts
-into embeddings.h5 (``--h5 none`` skips that: downstream jobs read the store folder directly).
+frame count, config hash), prints one progress line per medium, writes errors.parquet,
+metadata.parquet and summary.json, and then streams the parts into embeddings.h5 (``--h5 none``
+skips that: downstream jobs read the store folder directly). Where the rows run (a local process
+pool for small inputs, Ray Data otherwise; CPU or GPU layout per medium): ``execute.py``.
 
-Resumable: ids already in committed parts of the same embedder config are skipped, and a killed
-run's uncommitted temporary files are removed, so a rerun ends with every id exactly once. Bad
+Config hashes: the driver hashes each embedder's config as its workers will resolve it
+(``hash_config(config, cuda=<the medium requests GPUs>)``): the resume check and the parts'
+descriptions use that request. Each worker writes its rows under its own instance's
+``config_hash()``, the authoritative one: when a worker resolves device or precision otherwise
+(a GPU without native bf16, no CUDA where GPUs were assumed) its rows carry its hash, the part
+names the requested one, a note says so, and a rerun of the same request treats those rows as
+done (``embedders.store.parts.prepare_medium``); a different request still needs --overwrite.
+
+Resumable: ids already in committed parts of the same request are skipped, and a killed run's
+uncommitted temporary files are removed, so a rerun ends with every id exactly once. Bad
 recordings land in errors.parquet; the job finishes the rest.
 
 A row whose ``audio_filename`` (``midi_filename``) is empty has no audio (MIDI): that medium lists
 it in errors.parquet with stage ``input`` and error type ``AbsentMedium`` (not a failure: it is
 counted as ``absent`` in the summary and never retried), while the other medium embeds it. Pairing
 jobs use the rows valid in both media.
-Exit status: 0 done, 1 nothing embedded, 2 invalid input or flags.
+Exit status: 0 done, 1 nothing embedded, 2 invalid input or flags (GPUs that cannot exist included).
 """
 
 from __future__ import annotations
@@ -38,18 +49,30 @@ from typing import Any
 import pandas as pd
 
 from embedders.base import MEDIUM_BY_MODALITY, ConfigError
-from embedders.dataset import InfoCsvError, dataset_dir, embeddings_dir, info_hash, package_versions, read_info_csv
+from embedders.dataset import (
+    MEDIUM_PATH_COLUMN,
+    InfoCsvError,
+    absent_reason,
+    dataset_dir,
+    embeddings_dir,
+    has_medium,
+    info_hash,
+    package_versions,
+    path_column,
+    read_info_csv,
+)
 from embedders.registry import available, get_embedder_class
 from embedders.store import filesystem as fs
 from embedders.store.atomic import json_bytes
 from embedders.store.h5 import consolidate, export_legacy
 from embedders.store.parts import StoreError, errors_path, prepare_medium, write_errors, write_metadata
 from embedders.store.transcriptions import TRANSCRIBED
+from ray_jobs.console import add_verbose_flag
 from ray_jobs.generate_embeddings import transcription
-from ray_jobs.generate_embeddings.pipeline import MediumSpec, PartTarget, build_dataset, build_media_dataset, local_options
+from ray_jobs.generate_embeddings.execute import LOCAL_MAX_ROWS, MediumRun, choose_executor, embed_pending
+from ray_jobs.generate_embeddings.pipeline import MAX_BATCH_BYTES, MediumSpec, PartTarget, local_options
+from ray_jobs.generate_embeddings.resources import cluster_view, gpu_pool, uses_gpu
 
-PATH_COLUMN = {"audio_embeddings": "audio_filename", "symbolic_embeddings": "midi_filename",
-               "transcribed_embeddings": "audio_filename"}
 ABSENT = "AbsentMedium"
 
 
@@ -91,35 +114,54 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audio-to-MIDI transcriber of the transcribed_embeddings medium (default: basic_pitch)")
     p.add_argument("--transcriber_option", action="append", default=[], metavar="KEY=VALUE",
                    help="transcriber config option (repeatable), e.g. onset_threshold=0.6")
-    p.add_argument("--num_gpus", type=float, default=0.0, help="GPUs per embedding actor (default 0: CPU actors)")
+    p.add_argument("--num_gpus", type=float, default=0.0,
+                   help="GPUs per embedding actor of each medium whose embedder runs on an accelerator (openl3, clap, "
+                        "clamp, ...; never melstats or pianoroll) (default 0: CPU actors only)")
+    p.add_argument("--actor_cpus", type=float, default=0.25,
+                   help="CPUs each GPU embedding actor reserves (default 0.25: the cores stay with the tasks that "
+                        "decode and preprocess for it); CPU actors take 1")
+    p.add_argument("--max_batch_bytes", type=int, default=MAX_BATCH_BYTES,
+                   help=f"most bytes of preprocessed input per model call in a GPU actor (default {MAX_BATCH_BYTES}); "
+                        "a larger item is embedded alone")
     p.add_argument("--batch_size", type=int, default=None, help="items per embedding batch (default: the embedder's)")
-    p.add_argument("--max_actors", type=int, default=None, help="embedding actor pool size (default: one per CPU, each "
-                                                                "decoding its own batches; with --num_gpus, GPUs / --num_gpus)")
+    p.add_argument("--max_actors", type=int, default=None,
+                   help="embedding actors (local executor: processes) per pool (default: one per CPU the cluster can "
+                        "have, each decoding its own batches; with --num_gpus, the GPUs it can have / --num_gpus)")
+    p.add_argument("--executor", choices=("auto", "local", "ray"), default="auto",
+                   help="auto (default): a local process pool when no cluster is named (RAY_ADDRESS), no GPUs are "
+                        "requested and at most --local_max_rows rows are pending, else Ray; local: always the pool "
+                        "(no GPUs); ray: always Ray Data")
+    p.add_argument("--local_max_rows", type=int, default=LOCAL_MAX_ROWS,
+                   help=f"most pending rows that --executor auto embeds without Ray (default {LOCAL_MAX_ROWS})")
     p.add_argument("--rows_per_part", type=int, default=256,
-                   help="most rows per Parquet part, the resume granularity (default 256). A part is what one actor "
-                        "call embeds: on CPUs up to this many rows (fewer when that spreads the rows over every "
-                        "actor), with --num_gpus one embedding batch; a part also closes at 256 MB of frames")
+                   help="most rows per Parquet part, the resume granularity (default 256). A part is what one worker "
+                        "call embeds: on CPUs up to this many rows (fewer when that gives each worker a few calls), "
+                        "with --num_gpus one embedding batch; a part also closes at 256 MB of frames")
     p.add_argument("--overwrite", action="store_true", help="recompute everything for the chosen embedders")
     p.add_argument("--h5", choices=("write", "none"), default="write",
                    help="write: consolidate the store into embeddings.h5 (default); none: skip it (stores too large "
                         "for one file: downstream jobs take the store folder as --h5_path)")
     p.add_argument("--h5_layout", choices=("columnar", "legacy"), default="columnar", help="layout of embeddings.h5")
-    p.add_argument("--num_cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")
+    p.add_argument("--num_cpus", type=int, default=None,
+                   help="CPUs for a local Ray instance or the local executor (default: all)")
+    add_verbose_flag(p)
     return p
 
 
 def medium_specs(args) -> list[MediumSpec]:
-    for flag in ("rows_per_part", "batch_size", "max_actors"):
+    for flag in ("rows_per_part", "batch_size", "max_actors", "max_batch_bytes", "num_cpus"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ConfigError(f"--{flag} must be at least 1, got {value}")
+    if args.num_gpus < 0 or args.actor_cpus < 0:
+        raise ConfigError(f"--num_gpus and --actor_cpus must be >= 0, got {args.num_gpus:g} and {args.actor_cpus:g}")
     chosen = [m.strip() for m in args.media.split(",") if m.strip()]
     specs = []
     for medium in chosen:
         # the transcribed medium is embedded as symbolic (same embedder), from transcriptions
         modality = {v: k for k, v in MEDIUM_BY_MODALITY.items()}.get(medium, "symbolic" if medium == TRANSCRIBED else None)
         if modality is None:
-            raise ConfigError(f"--media: unknown medium {medium!r}; choose from {list(PATH_COLUMN)}")
+            raise ConfigError(f"--media: unknown medium {medium!r}; choose from {list(MEDIUM_PATH_COLUMN)}")
         name = args.audio_embedder if modality == "audio" else args.symbolic_embedder
         cls = get_embedder_class(name)
         if cls.modality != modality:
@@ -130,7 +172,7 @@ def medium_specs(args) -> list[MediumSpec]:
         if checkpoint:
             options["checkpoint"] = checkpoint
         cls.make_config(**options)  # fail fast on unknown options, before any work
-        spec = MediumSpec(medium, PATH_COLUMN[medium], name, options, cls.sample_rate)
+        spec = MediumSpec(medium, path_column(medium), name, options, cls.sample_rate)
         if medium == TRANSCRIBED:
             spec = transcription.transcribed_spec(spec, args.transcriber, parse_options(
                 args.transcriber_option, "--transcriber_option"), embeddings_dir(args.data_root, args.dataset))
@@ -138,47 +180,19 @@ def medium_specs(args) -> list[MediumSpec]:
     return specs
 
 
-@dataclasses.dataclass
-class MediumRun:
-    """One medium during the job: where its parts go, its pending rows, and what the workers reported."""
-
-    spec: MediumSpec
-    target: PartTarget
-    counts: dict[str, Any]
-    pending: list[dict[str, str]]
-    errors: list[dict] = dataclasses.field(default_factory=list)      # absent and failed rows
-    succeeded: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
-
-    def error(self, item_id: str, stage: str, error_type: str, message: str) -> None:
-        self.errors.append({"id": item_id, "medium": self.spec.medium, "embedder": self.spec.embedder,
-                            "stage": stage, "error_type": error_type, "message": message})
-
-    def take(self, batch: dict[str, Any]) -> None:
-        """Count the result rows of this medium (a batch may carry several media)."""
-        for item_id, medium, status, etype, message, stage, n_frames in zip(
-                batch["id"], batch["medium"], batch["status"], batch["error_type"], batch["error_message"],
-                batch["stage"], batch["n_frames"]):
-            if medium != self.spec.medium:
-                continue
-            if status == "done":
-                self.succeeded.append((str(item_id), self.spec.medium, self.spec.embedder))
-                self.counts["done"] += 1
-                self.counts["frames"] += int(n_frames)
-            else:
-                self.error(str(item_id), str(stage), str(etype), str(message))
-                self.counts["failed"] += 1
+def gpu_media(specs: list[MediumSpec], args) -> set[str]:
+    """The media whose actors request GPUs: --num_gpus > 0 and an embedder that uses an accelerator."""
+    return {s.medium for s in specs if uses_gpu(get_embedder_class(s.embedder), args.num_gpus)}
 
 
-def is_absent(path) -> bool:
-    return path is None or pd.isna(path) or not str(path).strip()
+def start_medium(spec: MediumSpec, info: pd.DataFrame, store, args, *, gpu: bool = False) -> MediumRun:
+    """Prepare the medium's parts (--overwrite, config check, ids done) and find the rows still to embed.
 
-
-def start_medium(spec: MediumSpec, info: pd.DataFrame, store, args) -> MediumRun:
-    """Prepare the medium's parts (--overwrite, config check, ids done) and find the rows still to embed."""
+    ``gpu``: the medium's actors get GPUs, so the config is hashed as it resolves there."""
     cls = get_embedder_class(spec.embedder)
     config = cls.make_config(**local_options(spec.options))
-    config_hash = cls.hash_config(config)
-    description = {**cls.describe_config(config), "config_hash": config_hash}
+    config_hash = cls.hash_config(config, cuda=gpu)
+    description = {**cls.describe_config(config, cuda=gpu), "config_hash": config_hash}
     if spec.transcriber is not None:  # same embedder, on transcriptions: the transcriber is part of the identity
         config_hash, description = transcription.medium_identity(spec, config_hash, description)
     state = prepare_medium(store, spec.medium, spec.embedder, config_hash, overwrite=args.overwrite)
@@ -193,13 +207,11 @@ def start_medium(spec: MediumSpec, info: pd.DataFrame, store, args) -> MediumRun
                         args.batch_size or cls.default_batch_size)
     counts = {"embedder": spec.embedder, "config": dataclasses.asdict(config), "config_hash": config_hash,
               "rows": len(info), "absent": 0, "skipped": 0, "done": 0, "failed": 0, "frames": 0, "seconds": 0.0}
-    run = MediumRun(spec, target, counts, pending=[])
-    column = spec.path_column
-    for item_id, path in zip(info["id"], info[column]):
-        if is_absent(path):
-            kind = "audio" if column == "audio_filename" else "MIDI"
-            run.error(item_id, "input", ABSENT, f"info.csv has no {column} for this recording, so it has no "
-                                                f"{kind}; the media it has are embedded")
+    run = MediumRun(spec, target, counts, pending=[], gpu=gpu, hashes=set(state.stored_hashes))
+    present = has_medium(info, spec.medium)
+    for item_id, path, here in zip(info["id"], info[spec.path_column], present):
+        if not here:
+            run.error(item_id, "input", ABSENT, absent_reason(spec.medium))
             counts["absent"] += 1
         elif item_id in state.done_ids:
             counts["skipped"] += 1
@@ -210,41 +222,17 @@ def start_medium(spec: MediumSpec, info: pd.DataFrame, store, args) -> MediumRun
     return run
 
 
-def embed_pending(runs: list[MediumRun], root, args) -> None:
-    """Stream every pending row through Ray Data; the workers commit parts, the driver counts result rows.
-
-    With GPUs each medium has its own pipeline (CPU decode tasks feeding GPU actors); on CPUs only
-    all media go through one pool of actors that decode and embed (pipeline.MediaActor).
-    """
-    import ray
-
-    todo = [r for r in runs if r.pending]
-    if not todo:
-        return
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    max_actors = args.max_actors or (max(1, int(gpus / args.num_gpus)) if args.num_gpus > 0 else max(1, cpus))
-    if args.num_gpus > 0:
-        for run in todo:
-            started = time.perf_counter()
-            ds = build_dataset(run.pending, run.spec, run.target, str(root), max_actors=max_actors,
-                               num_gpus=args.num_gpus)
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                run.take(batch)
-            run.counts["seconds"] = round(time.perf_counter() - started, 2)
-        return
-    started = time.perf_counter()
-    paths = [{row["id"]: row["path"] for row in run.pending} for run in todo]
-    rows = [{"id": item_id, **{f"path_{k}": p.get(item_id, "") for k, p in enumerate(paths)}}
-            for item_id in dict.fromkeys(row["id"] for run in todo for row in run.pending)]
-    rows_per_call = max(1, min(args.rows_per_part, -(-len(rows) // max_actors)))
-    ds = build_media_dataset(rows, [r.spec for r in todo], [r.target for r in todo], str(root),
-                             rows_per_call=rows_per_call, max_actors=max_actors)
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for run in todo:
-            run.take(batch)
-    for run in todo:  # one pass embedded all media: each medium's time is the pass's
-        run.counts["seconds"] = round(time.perf_counter() - started, 2)
+def report_hashes(run: MediumRun) -> None:
+    """The workers' hashes are authoritative: say when they differ from the request, and record them."""
+    requested = run.counts["config_hash"]
+    written = sorted(run.hashes)
+    if written and written != [requested]:
+        run.counts["requested_config_hash"] = requested
+        run.counts["config_hash"] = written[0] if len(written) == 1 else written
+        print(f"note: [{run.label}] the embedding workers resolved device/precision otherwise than assumed: rows "
+              f"carry config hash {', '.join(written)} (requested {requested}); reruns of this request resume "
+              "them" + ("; the store mixes several runtimes: --overwrite recomputes them on one" if len(written) > 1
+                        else ""))
 
 
 def record_errors(runs: list[MediumRun], store, overwrite: bool) -> None:
@@ -271,20 +259,45 @@ def write_h5(store, info: pd.DataFrame, provenance: dict, specs: list[MediumSpec
     return str(h5_path), counts
 
 
+def start_ray(args) -> float:
+    """Join or start Ray (quiet unless --verbose); the seconds it took."""
+    from ray_jobs.ray_session import ensure_ray
+
+    started = time.perf_counter()
+    ensure_ray(args.num_cpus, verbose=args.verbose)
+    return round(time.perf_counter() - started, 2)
+
+
+def check_gpus(specs: list[MediumSpec], gpu: set[str], args) -> None:
+    """Raise ResourceError (before any work) when a GPU medium's actors can never be placed."""
+    view = cluster_view()
+    for spec in specs:
+        if spec.medium in gpu:
+            gpu_pool(f"{spec.medium}/{spec.embedder}", args.num_gpus, args.actor_cpus, args.max_actors, view)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    started = time.perf_counter()
     root = dataset_dir(args.data_root, args.dataset)
     store = embeddings_dir(args.data_root, args.dataset)
+    ray_seconds = 0.0
     try:
         specs = medium_specs(args)
         info = read_info_csv(root, id_column=args.id_column)
+        gpu = gpu_media(specs, args)
+        if args.num_gpus > 0 and not gpu:
+            print(f"note: --num_gpus {args.num_gpus:g} ignored: no chosen embedder runs on an accelerator "
+                  f"({', '.join(s.embedder for s in specs)} use CPUs)")
+        if gpu and args.executor == "local":
+            raise ConfigError(f"--executor local runs no GPU actors, and {', '.join(sorted(gpu))} request GPUs "
+                              "(--num_gpus); use --executor auto or ray, or drop --num_gpus")
+        if gpu:
+            ray_seconds = start_ray(args)
+            check_gpus(specs, gpu, args)
     except (InfoCsvError, ConfigError, fs.StorageError, OSError) as exc:  # OSError: an unreachable store
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from ray_jobs.ray_session import ensure_ray
-
-    ensure_ray(args.num_cpus)
-    started = time.perf_counter()
     provenance = {
         "dataset": args.dataset, "info_csv_sha256": info_hash(root), "layout": "columnar",
         "package_versions": package_versions(), "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
@@ -292,17 +305,24 @@ def main(argv: list[str] | None = None) -> int:
     }
     summary: dict[str, Any] = {"dataset": args.dataset, "rows": len(info), "store": fs.display(store), "media": {}}
     try:
-        runs = [start_medium(spec, info, store, args) for spec in specs]
+        runs = [start_medium(spec, info, store, args, gpu=spec.medium in gpu) for spec in specs]
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     write_metadata(store, info, provenance)  # the folder is readable as a store from now on
+    if any(run.spec.medium == TRANSCRIBED and run.pending for run in runs) and not ray_seconds:
+        ray_seconds = start_ray(args)  # transcription runs on a Ray Data actor pool
     transcribed = transcription.run_stage(runs, info, store, root, args)  # points the medium at its MIDI files
     if transcribed is not None:
         summary["transcription"] = transcribed
-    embed_pending(runs, root, args)
+    executor = choose_executor(runs, args)
+    if executor == "ray" and not ray_seconds:
+        ray_seconds = start_ray(args)
+    summary["executor"], summary["ray_start_seconds"] = executor, ray_seconds
+    embed_pending(runs, root, args, executor)
     record_errors(runs, store, args.overwrite)
     for run in runs:
+        report_hashes(run)
         run.counts["valid_total"] = run.counts["skipped"] + run.counts["done"]
         summary["media"][run.spec.medium] = run.counts
     summary["h5_path"], summary["h5"] = (None, {}) if args.h5 == "none" else \
@@ -324,10 +344,11 @@ def print_summary(summary: dict[str, Any]) -> None:
         rate = c["done"] / c["seconds"] if c["seconds"] else 0.0
         print(f"{medium:<24}{c['embedder']:<18}{c['done']:>7}{c['skipped']:>9}{c['failed']:>8}{c['absent']:>8}"
               f"{c['valid_total']:>8}{rate:>9.1f}")
+    where = "Ray" if summary["executor"] == "ray" else "the local executor"
     if "transcription" in summary:
         print(transcription.summary_line(summary["transcription"]))
     if summary["h5_path"]:
-        print(f"wrote {summary['h5_path']} ({summary['h5_layout']} layout) in {summary['seconds']} s")
+        print(f"wrote {summary['h5_path']} ({summary['h5_layout']} layout) in {summary['seconds']} s on {where}")
     else:
-        print(f"store {summary['store']} ready in {summary['seconds']} s (--h5 none: no embeddings.h5; "
+        print(f"store {summary['store']} ready in {summary['seconds']} s on {where} (--h5 none: no embeddings.h5; "
               "downstream jobs take this folder as --h5_path)")

@@ -38,7 +38,8 @@ from embedders.store import filesystem as fs
 from embedders.store import transcriptions as tx
 from embedders.store.parts import StoreError
 from embedders.store.transcriptions import TRANSCRIBED
-from ray_jobs.generate_embeddings.pipeline import DECODE_MEMORY_BYTES, MediumSpec
+from ray_jobs.generate_embeddings.pipeline import MediumSpec
+from ray_jobs.generate_embeddings.ray_data import DECODE_MEMORY_BYTES
 
 RESULT_COLUMNS = ("id", "status", "error_type", "error_message")
 SCORE_KEYS = ("precision", "recall", "f1", "n_reference", "n_estimate")
