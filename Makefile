@@ -36,6 +36,7 @@ demo: $(STAMP)
 	$(PY) -m ray_jobs.demo $(DEMO_ARGS)
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # benchmark scripts end to end (the tests behind the `bench` marker, deselected elsewhere)

@@ -134,7 +134,8 @@ def main() -> None:
                 for name, m in spaces["metrics"].items()
                 if not name.startswith("retrieval") or name.endswith(("recall@1", "mrr"))}
     finish({
-        "benchmark": "compare_scale", "machine": info, "n": args.n, "dim": args.dim, "n_permutations": args.n_permutations, "n_boot": args.n_boot,
+        "benchmark": "compare_scale", "machine": info, "n": args.n, "dim": args.dim, "n_permutations": args.n_permutations,
+        "n_boot": args.n_boot,
         "max_n_kernel": args.max_n_kernel, "blas_threads": threads, "cpu_count": os.cpu_count(),
         "load_avg_1m_at_end": os.getloadavg()[0],
         "seconds": {"make_data": round(t_data, 2), "compare_spaces_total": round(t_spaces, 2),

@@ -10,7 +10,8 @@ import pandas as pd
 
 def sine_wave(freqs, seconds: float, sr: int = 48000, amplitude: float = 0.2) -> np.ndarray:
     t = np.arange(int(round(seconds * sr))) / sr
-    return (amplitude * sum(np.sin(2 * np.pi * f * t) for f in np.atleast_1d(freqs)) / len(np.atleast_1d(freqs))).astype(np.float32)
+    freqs = np.atleast_1d(freqs)
+    return (amplitude * sum(np.sin(2 * np.pi * f * t) for f in freqs) / len(freqs)).astype(np.float32)
 
 
 def write_wav(path, audio: np.ndarray, sr: int = 48000) -> Path:

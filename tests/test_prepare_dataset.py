@@ -260,7 +260,8 @@ def test_josquin_voices_merge_into_one_score_and_render():
 
 def test_failures_are_rows_not_exceptions(tmp_path):
     work = db.make_work("bach", "bach/no_such_chorale.mxl", None, 48.0, "4/4", False)
-    row = prep.build_one({"work": json.dumps(dataclasses.asdict(work))}, dataset_dir=str(tmp_path), soundfont=prep.default_soundfont(),
+    row = prep.build_one({"work": json.dumps(dataclasses.asdict(work))}, dataset_dir=str(tmp_path),
+                         soundfont=prep.default_soundfont(),
                          seed=0, max_seconds=10, program=0, settings_hash="x")
     assert row["status"] == "failed" and row["reason"].startswith("parse:") and row["id"] == "bach__no_such_chorale"
 
