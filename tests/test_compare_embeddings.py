@@ -404,4 +404,15 @@ def test_within_label_null_separates_recordings_from_labels(tmp_path):
     assert "linear_cka_debiased__within" in np.load(out / "null_distributions.npz")
     page = (out / "report.html").read_text()
     assert page.index("Primary analysis") < page.index("How the two spaces relate")
-    assert "within-label null" in page and "Holm p" in page
+    assert "within-stratum null" in page and "Holm p" in page
+
+
+def test_group_column_alone_gives_the_within_group_null(tmp_path):
+    h5 = label_only_store(tmp_path / "store")
+    out = tmp_path / "out"
+    assert compare_embeddings.main(["--h5_path", str(h5), "--output_dir", str(out), "--group_column", "style",
+                                    "--n_permutations", "99"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["inputs"]["strata"] == "style" and m["labels"] is None
+    primary = m["spaces"]["metrics"]["linear_cka_debiased"]
+    assert primary["p_value"] <= 0.02 and primary["null_within"]["p_value"] > 0.05

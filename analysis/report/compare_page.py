@@ -124,7 +124,8 @@ def primary_block(payload: dict) -> str:
             f"{interval(m.get('ci_lo'), m.get('ci_hi'))}, free-null p = {p_value(m['p_value'])}")
     within = m.get("null_within")
     if within:
-        line += (f"; beyond the label (within-label null): excess {number(within.get('excess'))} "
+        line += (f"; beyond the {esc(payload['inputs'].get('strata') or 'label')} (within-stratum null): excess "
+                 f"{number(within.get('excess'))} "
                  f"{interval(within.get('excess_ci_lo'), within.get('excess_ci_hi'))}, p = {p_value(within['p_value'])}")
     lines = [line]
     labels = payload.get("labels")
@@ -168,7 +169,7 @@ def header(payload: dict) -> list[tuple[str, str]]:
             ("retrieval split", payload["retrieval_split"]),
             ("resampling", f"seed {inp['seed']}; {inp['n_permutations']} permutations per null; delete-a-group "
                            f"jackknife over {s.get('settings', {}).get('n_blocks', '?')} groups of rows; 95% intervals"
-                           + (f"; within-label nulls by {esc(inp['label'])}" if inp.get("strata") else "")),
+                           + (f"; within-stratum nulls by {esc(inp['strata'])}" if inp.get("strata") else "")),
             (f"subsampled (max_n_kernel {inp['max_n_kernel']})", "; ".join(subs) or "nothing")]
     if inp["label"]:
         lab = payload["labels"]

@@ -22,7 +22,8 @@ pairs of media: ``ray_jobs.compare_embeddings.rows``).
 With ``--label``: the same, plus ``compare_labels`` (kNN score, silhouette, label-RDM correlation
 per medium, and the paired audio - symbolic difference) on the same rows, and every space metric
 gets a second null with the pairing shuffled only within the label's classes (numeric labels
-binned): does a recording match its own counterpart beyond what the label explains? A label is numeric
+binned): does a recording match its own counterpart beyond what the label explains? With
+``--group_column`` and no label, the second null permutes within groups instead. A label is numeric
 (regression: kNN R^2, no silhouette) when its metadata column is numeric with at least 20 distinct
 values (bpm, duration; ``analysis.labels.resolve_task``, the rule every job uses); ``--task``
 overrides the choice (e.g. ``--task regression`` for a numeric label with few values).
@@ -143,8 +144,8 @@ def _run(args, h5_local, out_dir: Path) -> int:
         return _fail(str(exc))
     common = dict(seed=args.seed, n_permutations=args.n_permutations, n_boot=args.n_boot)
     try:
-        strata = None
-        if args.label:  # within-label nulls: numeric labels binned (analysis.nulls.strata_codes)
+        strata = groups  # within-stratum nulls: by the label (numeric labels binned, analysis.nulls), else by group
+        if args.label:
             y = pair.labels.astype(np.float64) if task == "regression" else pair.labels.astype(str)
             strata = y
         spaces = compare_spaces(Xa, Xs, train_idx=train, test_idx=test, strata=strata, max_n_kernel=args.max_n_kernel,
@@ -163,8 +164,8 @@ def _run(args, h5_local, out_dir: Path) -> int:
                           "embedding_type": args.embedding_type,
                           "pooling": "mean" if args.embedding_type == "average" else "concat(mean, std) over frames",
                           "standardize": args.standardize,
-                          "label": args.label, "task": task, "strata": args.label, "group_column": args.group_column,
-                          "seed": args.seed,
+                          "label": args.label, "task": task, "strata": args.label or args.group_column,
+                          "group_column": args.group_column, "seed": args.seed,
                           "n_permutations": args.n_permutations, "n_boot": args.n_boot,
                           "max_n_kernel": args.max_n_kernel},
                "counts": pair.counts, "retrieval_split": split_desc, "spaces": spaces, "labels": labels}
