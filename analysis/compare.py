@@ -44,7 +44,7 @@ Resampling, chosen for cost at N = 50,000 (details in the modules named):
   admits chance); the median rank gets the wider of the order-statistic interval of a median and
   the jackknife interval (``entries``).
   Excess intervals use the value's se, the null mean (an average of many draws) taken as fixed.
-  Checked by simulation: bench/coverage.py, figures in bench/results/coverage.json.
+  Checked by simulation: bench/interval_coverage.py, figures in bench/results/interval_coverage.json.
 * nulls: pairing permuted; linear family one N x Dx x Dy product per draw (``PreparedPair``);
   RBF CKA and RSA on one random subsample of ``max_n_kernel`` rows (value, null and jackknife);
   mutual kNN by permuting neighbour lists; retrieval on ``max_n_kernel`` queries

@@ -17,7 +17,7 @@ Choice of G (``n_blocks_for``): about sqrt(n), at least 10 and at most 100 (and 
 smooth statistics any G is consistent; for a median (median retrieval rank) the deleted group must
 grow with n (delete-d jackknife, Shao & Wu 1989), which sqrt(n) gives. Under independence the
 CKA-type statistics are degenerate U-statistics, for which the jackknife overestimates the variance
-(by about 2x): intervals are then conservative, which the coverage check (bench/coverage.py) shows.
+(by about 2x): intervals are then conservative, which the coverage check (bench/interval_coverage.py) shows.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A bootstrap of per-recording correctness treats the out-of-fold predictions as fixed, but every
 recording is also a training neighbour of others: removing it changes their votes. The interval
-then misses that variability (coverage 0.89 in bench/coverage.py). Replicate g removes row group
+then misses that variability (coverage 0.89 in bench/interval_coverage.py). Replicate g removes row group
 g from the test rows *and* from every training fold, and recomputes each affected prediction from
 the remaining neighbours, with the same folds:
 

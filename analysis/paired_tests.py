@@ -21,7 +21,7 @@ variability of SST too); for a difference, z_a - z_b. Then, from the two-way ANO
 with Satterthwaite's (1946) degrees of freedom; interval mean +/- t_df se, two-sided t p-value
 (``p_value``, what verdicts use). With one seed this is the paired t-test over items. Why not a
 bootstrap over seeds: with 3 seeds it has 10 distinct resamples and understates the seed variance
-by (S - 1) / S; in bench/coverage.py-style simulations with a seed effect of sd 0.4 (probit scale)
+by (S - 1) / S; in bench/interval_coverage.py-style simulations with a seed effect of sd 0.4 (probit scale)
 a two-level bootstrap test rejected 10% of true nulls at alpha 0.05, this test 5%.
 
 Also reported, conditional on the trained models (these seeds), so not used for verdicts:

@@ -24,7 +24,7 @@ MAP_POINTS = 5000  # points drawn per 2-D map: PCA is fit on all rows, a page of
 
 GUIDE = ("How to read: every metric has its value on all paired rows, an interval, and a permutation null (the same "
          "metric after shuffling which symbolic row belongs to which audio row). Intervals are delete-a-group jackknife t "
-         "intervals (no row duplicated), checked for coverage by simulation (bench/results/coverage.json); 'estimates' "
+         "intervals (no row duplicated), checked for coverage by simulation (bench/results/interval_coverage.json); 'estimates' "
          "says what the value targets: a population value (debiased CKA, RSA), the expected value at this N (mutual kNN, "
          "retrieval), or nothing useful on its own (biased: plain and RBF CKA, CCA, SVCCA, Procrustes are above 0 for "
          "unrelated spaces, so they get no interval: read their excess over the null mean instead). The free null asks "

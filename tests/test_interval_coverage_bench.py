@@ -1,6 +1,6 @@
-"""bench/coverage.py at its --quick size (a few seconds): every reported interval and test is simulated.
+"""bench/interval_coverage.py at its --quick size (a few seconds): every reported interval and test is simulated.
 
-The full run (bench/results/coverage.json) is what shows coverage >= 0.90 and rejection <= 0.06;
+The full run (bench/results/interval_coverage.json) is what shows coverage >= 0.90 and rejection <= 0.06;
 with 4 datasets per scenario this test checks that the script covers every interval and test the
 analysis reports, that the truths it scores them against are right, and that intervals whose
 truth is known exactly (every excess under independence is 0) are not broken.
@@ -13,8 +13,8 @@ import json
 import numpy as np
 import pytest
 
-from bench import coverage
-from bench.coverage import SpacesModel
+from bench import interval_coverage as coverage
+from bench.interval_coverage import SpacesModel
 
 
 @pytest.fixture(scope="module")

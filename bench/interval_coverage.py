@@ -1,7 +1,10 @@
 """Coverage of every reported interval and rejection rate of every reported test, by simulation.
 
-    .venv/bin/python bench/coverage.py                      # the full run (bench/results/coverage.json)
-    .venv/bin/python bench/coverage.py --quick              # seconds: the size the test suite runs
+    .venv/bin/python bench/interval_coverage.py                      # the full run (bench/results/interval_coverage.json)
+    .venv/bin/python bench/interval_coverage.py --quick              # seconds: the size the test suite runs
+
+(Named interval_coverage, not coverage: a bench/coverage.py would shadow the coverage package, which
+numba imports, in every script run as ``python bench/<script>.py``.)
 
 Not a timing benchmark: it checks that ``analysis.compare.compare_spaces``, ``compare_labels`` and
 ``analysis.paired_tests`` mean what they say. Data are made in code; each scenario draws R
@@ -450,7 +453,7 @@ def summary(result: dict) -> dict:
 def merge(results: list[dict]) -> dict:
     """One result from runs of different parts: sections joined (a later run's scenario replaces an
     earlier one's), summary redone; each run's settings are kept in ``settings_by_part``."""
-    out = {"benchmark": "coverage", "machine": results[0]["machine"], "alpha": ALPHA, "level": 0.95,
+    out = {"benchmark": "interval_coverage", "machine": results[0]["machine"], "alpha": ALPHA, "level": 0.95,
            "settings": results[0]["settings"], "parts_run_separately": [r["settings"].get("parts") for r in results],
            "settings_by_part": [r["settings"] for r in results],
            "seconds": round(sum(r["seconds"] for r in results), 1)}
@@ -487,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
     reps_dependent = args.reps if args.reps_dependent is None else args.reps_dependent
     parts = set(args.parts.split(","))
     started = time.perf_counter()
-    result = {"benchmark": "coverage", "machine": machine(), "alpha": ALPHA, "level": 0.95,
+    result = {"benchmark": "interval_coverage", "machine": machine(), "alpha": ALPHA, "level": 0.95,
               "settings": {"reps": args.reps, "reps_rejection": args.reps_rejection, "reps_dependent": reps_dependent,
                            "reps_familywise": args.reps_familywise,
                            "familywise_permutations": args.familywise_permutations, "n": args.n,
