@@ -35,6 +35,7 @@ from embedders.store.parts import (
     write_errors,
     write_parquet,
 )
+from ray_jobs.generate_embeddings.execute import rows_per_call
 from tests.factory import make_dataset
 
 try:
@@ -277,7 +278,9 @@ def test_generate_and_compare_embeddings_on_s3(s3, tmp_path):
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     emb = fs.join(data_root, "embeddings", "toy")
-    assert len(part_files(emb, "audio_embeddings", "melstats")) == 3  # 20 rows, 8 per part
+    # one part per worker call: 21 rows in calls of rows_per_call rows (<= --rows_per_part 8), the missing row in one
+    per_call = rows_per_call(21, 2, 8)
+    assert per_call <= 8 and len(part_files(emb, "audio_embeddings", "melstats")) == -(-21 // per_call)
     assert [(e["id"], e["medium"], e["error_type"]) for e in read_errors(emb)] == \
         [("gone", "audio_embeddings", "MissingFileError")]
     with fs.local_copy(fs.join(emb, "embeddings.h5")) as h5, h5py.File(h5) as f:
@@ -290,7 +293,7 @@ def test_generate_and_compare_embeddings_on_s3(s3, tmp_path):
     second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "20 already embedded, 1 to do" in second.stdout and "21 already embedded, 0 to do" in second.stdout
-    assert len(part_files(emb, "audio_embeddings", "melstats")) == 3  # resumed: nothing written twice
+    assert len(part_files(emb, "audio_embeddings", "melstats")) == -(-21 // per_call)  # resumed: nothing written twice
 
     from ray_jobs.compare_embeddings import job as compare_embeddings
 
