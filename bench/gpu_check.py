@@ -49,18 +49,19 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, machine  # noqa: E402
+from bench.gpu_check_embedders import _cosines, _db_difference, audio_clip, check_embedder, embedder_options  # noqa: E402, F401
+from bench.gpu_check_pretrain import check_pretrain, check_pretrain_steps  # noqa: E402
+from bench.gpu_check_support import Context, GpuSampler, Recorder, _plain, run_command  # noqa: E402, F401
 
 EMBEDDERS = ("openl3", "clap", "clamp", "midi_transformer", "musicnn", "basic_pitch")
 # (name, budget in seconds on a GPU machine); the budgets add up to more than the total, which caps them
@@ -69,150 +70,9 @@ CHECKS = [("environment", 30), ("gpu_tests", 120)] + [(f"embedder:{e}", 50) for 
 # not run by default: a check that hangs with a child process, to test the kill path (--only _hang)
 SELF_TEST_CHECKS = [("_hang", 40)]
 DEFAULT_OUT = REPO / "bench" / "results" / "gpu_check.json"
-FRONT_ENDS = ("speclayer", "logmel_extractor")  # openl3, clap: dB spectrogram modules inside the models
 
 
-# ---------------------------------------------------------------------------------------------
-# Recording: each check writes its figures, skipped CUDA parts and errors as it goes
-# ---------------------------------------------------------------------------------------------
-class Recorder:
-    """Partial results of one check, rewritten to ``path`` after every change."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.data: dict[str, Any] = {"figures": {}, "skipped_cuda": [], "errors": []}
-        self.save()
-
-    def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=_plain))
-        os.replace(tmp, self.path)
-
-    def set(self, key: str, value: Any) -> None:
-        self.data["figures"][key] = value
-        self.save()
-
-    def skip(self, what: str) -> None:
-        self.data["skipped_cuda"].append(what)
-        self.save()
-
-    @contextlib.contextmanager
-    def step(self, name: str):
-        """Run a step; an exception is recorded (step, type, message, traceback tail) and swallowed."""
-        start = time.perf_counter()
-        try:
-            yield
-        except Exception as exc:  # noqa: BLE001 - the check goes on and the JSON says what failed
-            self.data["errors"].append({"step": name, "error": f"{type(exc).__name__}: {str(exc)[:2000]}",
-                                        "traceback": traceback.format_exc()[-3000:]})
-        finally:
-            self.data.setdefault("step_seconds", {})[name] = round(time.perf_counter() - start, 2)
-            self.save()
-
-
-def _plain(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
-
-
-class Context:
-    def __init__(self, args, rec: Recorder):
-        import torch
-
-        self.dry = bool(args.dry_run)
-        self.cuda = torch.cuda.is_available() and not self.dry
-        self.work = Path(args.work)
-        self.rec = rec
-        self.deadline = time.monotonic() + float(args._budget)
-
-    def remaining(self, reserve: float = 5.0) -> float:
-        return max(1.0, self.deadline - time.monotonic() - reserve)
-
-
-def run_command(cmd: list[str], log: Path, timeout: float, env: dict[str, str] | None = None,
-                cwd: Path | None = None) -> dict[str, Any]:
-    """Run ``cmd`` with its output in ``log``; exit code (None on timeout), wall seconds, the last lines."""
-    start = time.monotonic()
-    with open(log, "ab") as fh:
-        fh.write(f"\n$ {' '.join(cmd)}\n".encode())
-        fh.flush()
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd or REPO, start_new_session=True,
-                                env={**os.environ, **(env or {})})
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            code = None
-        except BaseException:  # this process is being stopped: stop the command's whole group first
-            _kill_group(proc)
-            raise
-    tail = log.read_text(errors="replace").splitlines()[-15:]
-    return {"exit_code": code, "seconds": round(time.monotonic() - start, 2), "output_tail": tail}
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGINT to the command's process group (Python unwinds: a check stops its own commands, a job's
-    ``atexit`` shuts its local Ray instance down), then SIGKILL for whatever is left after 20 s."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-class GpuSampler:
-    """GPU utilisation and memory, sampled every ``interval_ms`` by ``nvidia-smi`` while in the block."""
-
-    def __init__(self, interval_ms: int = 200):
-        self.interval_ms, self.samples, self.proc, self.source = interval_ms, [], None, None
-
-    def __enter__(self):
-        if shutil.which("nvidia-smi"):
-            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
-                                          "--format=csv,noheader,nounits", f"-lms={self.interval_ms}"],
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            self.source = "nvidia-smi"
-        return self
-
-    def __exit__(self, *exc):
-        if self.proc is not None:
-            self.proc.terminate()
-            out, _ = self.proc.communicate(timeout=10)
-            for line in out.splitlines():
-                parts = [p.strip() for p in line.split(",")]
-                with contextlib.suppress(ValueError, IndexError):
-                    self.samples.append((float(parts[0]), float(parts[1])))
-        return False
-
-    def summary(self) -> dict[str, Any]:
-        import numpy as np
-
-        if not self.samples:
-            return {"source": self.source, "samples": 0}
-        util = np.array([s[0] for s in self.samples])
-        busy = util[util > 0]
-        return {"source": self.source, "samples": len(util), "interval_ms": self.interval_ms,
-                "utilisation_mean_pct": round(float(util.mean()), 1),
-                "utilisation_p50_pct": round(float(np.median(util)), 1),
-                "utilisation_p90_pct": round(float(np.percentile(util, 90)), 1),
-                "utilisation_mean_while_busy_pct": round(float(busy.mean()), 1) if len(busy) else 0.0,
-                "busy_share": round(len(busy) / len(util), 3),
-                "memory_used_max_mib": max(s[1] for s in self.samples)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks
-# ---------------------------------------------------------------------------------------------
+# -- checks (embedder:<name> in gpu_check_embedders.py, pretrain* in gpu_check_pretrain.py) -------------
 def check_environment(ctx: Context) -> None:
     import torch
 
@@ -268,200 +128,6 @@ def check_gpu_tests(ctx: Context) -> None:
             raise RuntimeError(f"pytest -m gpu exit {done['exit_code']}: {len(failed)} failed: {failed[:10]}")
 
 
-def _audio(seconds: float, sr: int, seed: int = 0):
-    """Music-like test audio: harmonic notes with onsets over a little noise, float32 in [-1, 1]."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    n = int(seconds * sr)
-    out = 0.01 * rng.standard_normal(n).astype(np.float32)
-    note = int(0.25 * sr)
-    t = np.arange(note) / sr
-    env = np.exp(-4 * t).astype(np.float32)
-    for start in range(0, n - note, note):
-        f0 = 110 * 2 ** (rng.integers(0, 36) / 12)
-        tone = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 5))
-        out[start:start + note] += (0.2 * env * tone).astype(np.float32)
-    return np.clip(out, -1, 1)
-
-
-def _options(name: str, ctx: Context) -> dict[str, Any]:
-    """Weights for ``name``: published-format checkpoints written by the test factories, or the wheel's."""
-    folder = ctx.work / "weights" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    if name == "openl3":
-        from tests.pretrained_factories import openl3
-
-        return {"checkpoint": str(openl3.write_weights(folder))}
-    if name == "clap":
-        from tests.pretrained_factories import clap
-
-        return {"checkpoint": str(clap.write_checkpoint(folder / clap.PUBLISHED_NAME))}
-    if name == "clamp":
-        from tests.pretrained_factories import clamp
-
-        options = clamp.SMALL if ctx.dry else None  # the real size (768 x 12 layers) on a GPU
-        path = clamp.write_checkpoint(folder / clamp.PUBLISHED_NAME, options)
-        return {"checkpoint": str(path), **(options or {})}
-    if name == "midi_transformer":
-        from tests.midi_model_factory import tiny_checkpoint
-
-        size = dict(embed_dim=32, num_layers=1, nhead=2, max_seq_len=256) if ctx.dry else \
-            dict(embed_dim=384, num_layers=2, nhead=4, max_seq_len=2048)  # the default pretraining config
-        return {"checkpoint": str(tiny_checkpoint(folder, **size))}
-    return {}  # musicnn, basic_pitch: the weights inside their wheels
-
-
-def _inputs(name: str, cls, ctx: Context, size: str) -> list:
-    """One item: ``short`` (the CPU reference: 20 s, 1500 notes), ``medium`` (throughput: 60 s, 5000
-    notes) or ``long`` (peak memory: 10 minutes, 20,000 notes); tiny in a dry run."""
-    seed = {"short": 0, "medium": 1, "long": 2}[size]
-    if cls.modality == "audio":
-        seconds = 2 if ctx.dry else {"short": 20, "medium": 60, "long": 600}[size]
-        return [_audio(seconds, cls.sample_rate, seed=seed)]
-    import numpy as np
-
-    from bench.synthetic_midi import random_piece
-
-    notes = 300 if ctx.dry else {"short": 1500, "medium": 5000, "long": 20000}[size]
-    return [random_piece(np.random.default_rng(seed), notes)]
-
-
-@contextlib.contextmanager
-def _front_end_probe(emb):
-    """A forward hook on the model's spectrogram front end (found by module name) while in the block:
-    yields (captured outputs, module name), or (None, None) when the model has none."""
-    import torch
-
-    captured: list = []
-    for module in [v for v in vars(emb).values() if isinstance(v, torch.nn.Module)]:
-        for mod_name, sub in module.named_modules():
-            if mod_name.split(".")[-1] in FRONT_ENDS:
-                handle = sub.register_forward_hook(lambda _m, _i, out: captured.append(out.detach().float().cpu()))
-                try:
-                    yield captured, mod_name
-                finally:
-                    handle.remove()
-                return
-    yield None, None
-
-
-def _db_difference(cpu_front: list, gpu_front: list, windows: int) -> dict[str, float]:
-    """|dB| difference of the first ``windows`` front-end outputs (the same audio in both runs)."""
-    import numpy as np
-    import torch
-
-    a, b = torch.cat(cpu_front)[:windows].numpy(), torch.cat(gpu_front)[:windows].numpy()
-    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    return {"windows": int(len(a)), "max_abs_db": round(float(diff.max()), 4),
-            "p99_abs_db": round(float(np.percentile(diff, 99)), 4), "share_over_1db": round(float((diff > 1).mean()), 6)}
-
-
-def _cosines(a, b) -> dict[str, float]:
-    import numpy as np
-
-    a, b = np.concatenate(a).astype(np.float64), np.concatenate(b).astype(np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"frame shapes differ: {a.shape} vs {b.shape}")
-    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return {"frames": int(len(cos)), "min": round(float(cos.min()), 6), "median": round(float(np.median(cos)), 6),
-            "max_abs_diff": float(np.abs(a - b).max())}
-
-
-def _timed_embed(emb, items, repeats: int = 1) -> dict[str, Any]:
-    import torch
-
-    emb.embed(items[:1])  # warm-up: kernels, caches, autotuning
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = emb.embed(items)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    frames = sum(len(o) for o in out) * repeats
-    return {"out": out, "frames": frames, "seconds": round(seconds, 3), "windows_per_s": round(frames / seconds, 1)}
-
-
-def check_embedder(ctx: Context, name: str) -> None:
-    import dataclasses
-
-    from embedders.registry import get_embedder, get_embedder_class
-
-    rec = ctx.rec
-    cls = get_embedder_class(name)
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    rec.set("options", sorted(fields & {"device", "precision"}))
-    opts: dict[str, Any] = {}
-    with rec.step("weights"):
-        opts = _options(name, ctx)
-    short = _inputs(name, cls, ctx, "short")
-    if cls.modality == "audio":
-        rec.set("input_seconds", round(len(short[0]) / cls.sample_rate, 1))
-
-    def build(device: str, precision: str | None):
-        extra = {"device": device} if "device" in fields else {}
-        if "precision" in fields and precision:
-            extra["precision"] = precision
-        return get_embedder(name, **opts, **extra)
-
-    cpu_out, cpu_front = None, None
-    with rec.step("cpu_fp32"):
-        cpu = build("cpu", "fp32")
-        with _front_end_probe(cpu) as (cpu_front, where):
-            timed = _timed_embed(cpu, short)  # the warm-up call embeds the same first item: its windows come first
-        cpu_out = timed["out"]
-        rec.set("cpu_fp32", {"windows_per_s": timed["windows_per_s"], "frames": len(cpu_out[0]), "dim": cpu.dim})
-        rec.set("front_end_module", where or ("librosa on the CPU for every device" if name == "musicnn" else None))
-    if name == "basic_pitch":
-        rec.set("note", "basic_pitch runs on onnxruntime's CPU provider, its only path here: no CUDA run")
-        return
-    if "device" not in fields:
-        rec.set("note", f"{name} has no device option: CPU only")
-        return
-    if not ctx.cuda:
-        rec.skip(f"{name} on CUDA fp32 and at automatic precision: cosine per frame, front-end dB, windows/s, "
-                 "peak memory on a long item")
-        return
-    import torch
-
-    for label, precision in (("cuda_fp32", "fp32"), ("cuda_auto", "auto")):
-        if label == "cuda_auto" and "precision" not in fields:
-            rec.set(label, "no precision option: CUDA runs fp32 only")
-            continue
-        with rec.step(label):
-            gpu = build("cuda", precision)
-            with _front_end_probe(gpu) as (gpu_front, _):
-                same = gpu.embed(short)  # the CPU reference's item: its windows come first in the probe
-            figures: dict[str, Any] = {"cosine_vs_cpu_fp32": _cosines(same, cpu_out)}
-            if gpu_front and cpu_front:
-                figures["front_end_db"] = _db_difference(cpu_front, gpu_front, len(cpu_out[0]))
-            timed = _timed_embed(gpu, _inputs(name, cls, ctx, "medium") * 8)  # 8 items per call, as the job batches
-            figures["windows_per_s"] = timed["windows_per_s"]
-            figures["throughput_frames"] = timed["frames"]
-            if cpu_out is not None and "windows_per_s" in rec.data["figures"].get("cpu_fp32", {}):
-                figures["speedup_vs_cpu"] = round(timed["windows_per_s"] / rec.data["figures"]["cpu_fp32"]["windows_per_s"], 1)
-            rec.set(label, figures)
-            del gpu
-            torch.cuda.empty_cache()
-    with rec.step("long_item"):
-        gpu = build("cuda", "auto" if "precision" in fields else None)
-        long = _inputs(name, cls, ctx, "long")
-        gpu.embed(short)  # model loaded and warm before the peak is measured
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        out = gpu.embed(long)
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        rec.set("long_item", {"frames": len(out[0]), "seconds": round(seconds, 2),
-                              "windows_per_s": round(len(out[0]) / seconds, 1),
-                              "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
-                              **({"audio_seconds": len(long[0]) / cls.sample_rate} if cls.modality == "audio"
-                                 else {"notes": 20000})})
-
-
 def _write_job_dataset(root: Path, n: int, seconds: float) -> float:
     """n paired rows (48 kHz WAV + MIDI) plus one row whose WAV is corrupt; returns the good audio seconds."""
     import numpy as np
@@ -474,7 +140,7 @@ def _write_job_dataset(root: Path, n: int, seconds: float) -> float:
     (root / "midi").mkdir(parents=True, exist_ok=True)
     rows = []
     for k in range(n):
-        sf.write(root / "audio" / f"rec{k:03d}.wav", _audio(seconds, 48000, seed=k), 48000, subtype="PCM_16")
+        sf.write(root / "audio" / f"rec{k:03d}.wav", audio_clip(seconds, 48000, seed=k), 48000, subtype="PCM_16")
         random_piece(np.random.default_rng(k), int(seconds * 4)).dump_midi(str(root / "midi" / f"rec{k:03d}.mid"))
         rows.append({"id": f"rec{k:03d}", "audio_filename": f"audio/rec{k:03d}.wav",
                      "midi_filename": f"midi/rec{k:03d}.mid", "style": ["a", "b"][k % 2]})
@@ -497,7 +163,7 @@ def check_embedding_job(ctx: Context) -> None:
     opts: dict[str, Any] = {}
     with rec.step("dataset"):
         audio_seconds = _write_job_dataset(data_root / "raw" / "gpucheck", n, seconds)
-        opts = _options("openl3", ctx)
+        opts = embedder_options("openl3", ctx)
         rec.set("dataset", {"rows": n + 1, "corrupt_rows": 1, "audio_seconds": audio_seconds, "sample_rate": 48000})
     gpus = "0.5" if ctx.cuda else "0"
     if not ctx.cuda:
@@ -530,142 +196,6 @@ def check_embedding_job(ctx: Context) -> None:
         if rows["audio_embeddings"] != n or not len(corrupt):
             raise RuntimeError(f"expected {n} audio rows and the corrupt id in errors.parquet; got {rows}, "
                                f"errors ids {errors['id'].astype(str).tolist()[:10]}")
-
-
-def _pretrain_common(ctx: Context, info_csv: Path) -> list[str]:
-    work = ctx.work / "pretrain"
-    common = [f"dataset.info_csv={info_csv}", f"dataset.tokenizer_path={work / 'tokenizer.json'}",
-              f"dataset.cache_dir={work / 'token_cache'}", "dataset.limit=null", f"output_dir={work / 'out'}",
-              "mlflow.viz_interval=0", "dataset.visualisation_size=8", "ray.max_failures=0"]
-    if ctx.dry:  # small enough for 2 CPU cores, the same code paths
-        common += ["dataset.vocab_size=600", "train.max_seq_len=128", "train.embed_dim=32", "train.nhead=2",
-                   "train.num_layers=1", "train.batch_size=8", "train.warmup_steps=2"]
-    else:
-        common += ["dataset.vocab_size=2000"]  # one tokenizer and token cache for both configs
-    return common
-
-
-def _mean_attention_length(cfg_max_len: int, info_csv: Path, work: Path) -> float | None:
-    """sum(len^2) / sum(len) over the training chunks: the sequence length a real token attends over."""
-    from embedders.dataset import read_info_csv
-    from embedders.symbolic.midi_transformer import tokenizer as tk
-    from training.midi_datasets import MIDIDatasetPresaved, split_files
-
-    root = info_csv.parent
-    files = [str(p) for p in split_files(read_info_csv(root), root, "train")]
-    ds = MIDIDatasetPresaved(files, tk.load_tokenizer(work / "tokenizer.json"), cfg_max_len, str(work / "token_cache"))
-    lengths = [float(x) for x in ds.lengths()]
-    return sum(x * x for x in lengths) / sum(lengths) if lengths else None
-
-
-def _flops_per_real_token(d: int, layers: int, vocab: int, attention_length: float, ff_mult: int = 4) -> float:
-    """6 x non-embedding weights + 12 x layers x width x attended length (PaLM, app. B) + the MLM head on 15%."""
-    return 6.0 * layers * (4 * d * d + 2 * d * d * ff_mult) + 12.0 * layers * d * attention_length + 6.0 * d * vocab * 0.15
-
-
-def _pretrain_run(ctx: Context, label: str, args: list[str], budget: float) -> dict[str, Any]:
-    env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HYDRA_FULL_ERROR": "1"}
-    done = run_command([sys.executable, "-m", "ray_jobs.pretrain", *args], ctx.work / f"pretrain_{label}.log",
-                       budget, env=env)
-    return done
-
-
-def check_pretrain(ctx: Context) -> None:
-    import torch
-
-    from bench.pretrain_throughput import peak_tflops
-    from bench.synthetic_midi import write_dataset
-
-    rec = ctx.rec
-    info_csv = ctx.work / "pretrain_data" / "info.csv"
-    with rec.step("dataset"):
-        # a GPU run: ~1M training tokens, few held-out files (validation and test run on the CPU in
-        # the first, CPU run); a dry run: 40 small files
-        files, notes, held_out = (40, (100, 900), None) if ctx.dry else (240, (300, 6000), 3)
-        write_dataset(info_csv.parent, files, notes, held_out=held_out)
-        rec.set("dataset", {"files": files, "notes_per_file": notes, "held_out_each": held_out})
-    common = _pretrain_common(ctx, info_csv)
-    gpu = ["ray.use_gpu=true"] if ctx.cuda else []
-    if not ctx.cuda:
-        rec.skip("ray.use_gpu=true runs (default resumed onto CUDA, large_model bf16 and fp32), MFU")
-    peak = peak_tflops(torch.cuda.get_device_name(0)) if ctx.cuda else None
-    # the CPU run trains one file (its checkpoint is what the GPU run resumes); large_model trains on
-    # 100 files in both precisions, so fp32 fits the budget
-    runs = [("default_cpu", [], ["train.model_name=default", "train.epochs=1", "dataset.limit=1", "ray.use_gpu=false"]),
-            ("default_resumed", [], ["train.model_name=default", "train.epochs=2", *gpu]),
-            ("large_bf16", ["--config-name=large_model"], ["train.model_name=large_bf16", "train.epochs=2",
-                                                          "dataset.limit=100", "train.precision=auto", *gpu]),
-            ("large_fp32", ["--config-name=large_model"], ["train.model_name=large_fp32", "train.epochs=2",
-                                                          "dataset.limit=100", "train.precision=fp32", *gpu])]
-    if ctx.dry:  # large_model differs from the default only in sizes; the CPU runs fp32 anyway
-        runs = runs[:2]
-        rec.skip("large_model runs (bf16 and fp32 on CUDA)")
-    results: dict[str, Any] = {}
-    attention = None
-    for label, head, tail in runs:
-        with rec.step(label):
-            args = [*head, *common, *tail]
-            done = _pretrain_run(ctx, label, args, ctx.remaining(10))
-            out: dict[str, Any] = {"exit_code": done["exit_code"], "wall_s": done["seconds"]}
-            results[label] = out
-            rec.set("runs", results)
-            if done["exit_code"] != 0:
-                raise RuntimeError(f"pretrain {label} exit {done['exit_code']}: {done['output_tail'][-5:]}")
-            model = tail[0].split("=", 1)[1]
-            run_dir = ctx.work / "pretrain" / "out" / model
-            history = json.loads((run_dir / "history.json").read_text())
-            summary = json.loads((run_dir / "test_metrics.json").read_text())
-            last = history[-1]
-            out.update(epochs=[h["epoch"] for h in history], tokens_per_s_by_epoch=[round(h["tokens_per_s"], 1) for h in history],
-                       train_tokens_per_epoch=int(last["train_tokens"]), val_loss=round(last["val_loss"], 4),
-                       test_loss=round(summary["test_loss"], 4), test_device=summary.get("test_device"),
-                       test_precision=summary.get("test_precision"))
-            large = bool(head)
-            d, layers, max_len = (32, 1, 128) if ctx.dry else (768, 8, 2048) if large else (384, 2, 2048)
-            vocab = 600 if ctx.dry else 2000
-            if attention is None:
-                attention = _mean_attention_length(max_len, info_csv, ctx.work / "pretrain") or max_len
-            flops = _flops_per_real_token(d, layers, vocab, attention)
-            out.update(model={"embed_dim": d, "num_layers": layers, "max_seq_len": max_len, "vocab_size": vocab},
-                       attention_length_per_real_token=round(attention, 1), model_flops_per_real_token=flops,
-                       model_tflops_per_s=round(last["tokens_per_s"] * flops / 1e12, 3))
-            if ctx.cuda and peak and label != "default_cpu":  # the resumed and large runs train on the GPU
-                out["mfu_vs_dense_bf16_peak"] = round(last["tokens_per_s"] * flops / 1e12 / peak, 4)
-                out["peak_bf16_tflops"] = peak
-            rec.set("runs", results)
-    if torch.cuda.is_available():
-        rec.set("use_gpu_without_gpu", "not checked: this machine has a GPU (tests/test_pretrain_gpu_path.py checks it)")
-        return
-    with rec.step("use_gpu_without_gpu_fails_fast"):
-        start = time.monotonic()
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-        env.pop("RAY_ADDRESS", None)
-        proc = subprocess.run([sys.executable, "-m", "ray_jobs.pretrain", *common, "ray.use_gpu=true",
-                               "train.model_name=no_gpu"], capture_output=True, text=True, cwd=REPO, env=env,
-                              timeout=ctx.remaining(5))
-        lines = proc.stderr.strip().splitlines()
-        rec.set("use_gpu_without_gpu", {"exit_code": proc.returncode, "seconds": round(time.monotonic() - start, 1),
-                                        "stderr_lines": len(lines), "message": lines[-1] if lines else ""})
-        if proc.returncode != 2 or len(lines) != 1:
-            raise RuntimeError(f"ray.use_gpu=true without a GPU: exit {proc.returncode}, stderr {lines[-3:]}")
-
-
-def check_pretrain_steps(ctx: Context) -> None:
-    from bench.pretrain_throughput import precision_runs
-
-    rec = ctx.rec
-    if ctx.dry:
-        rec.skip("large_model-size steps on CUDA (ran a tiny model on the CPU)")
-        sizes = dict(gpu_embed_dim=32, gpu_nhead=2, gpu_layers=1, gpu_seq_len=128, gpu_batch=4, gpu_vocab=600,
-                     gpu_steps=4)
-        device = "cpu"
-    else:
-        sizes = dict(gpu_embed_dim=768, gpu_nhead=12, gpu_layers=8, gpu_seq_len=2048, gpu_batch=16, gpu_vocab=2000,
-                     gpu_steps=30)
-        device = "cuda"
-    with rec.step("fp32_vs_bf16"):
-        rec.set("sizes", sizes)
-        rec.set("steps", precision_runs(argparse.Namespace(**sizes), device))
 
 
 def check_sweep(ctx: Context) -> None:
