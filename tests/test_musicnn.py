@@ -344,3 +344,18 @@ def test_gpu_matches_cpu():
         bf16 = np.concatenate(auto.embed(items))
         cosine = (bf16 * cpu).sum(1) / (np.linalg.norm(bf16, axis=1) * np.linalg.norm(cpu, axis=1))
         assert bf16.shape == cpu.shape and np.isfinite(bf16).all() and cosine.min() > 0.99, (layer, cosine.min())
+
+
+def test_the_embedding_job_runs_musicnn_on_its_wheel_weights(ray_session, tmp_path):
+    """No --audio_checkpoint: the weights come from the wheel (a torch embedder whose checkpoint option
+    is left at its default once made the job fail while describing its parts)."""
+    from embedders.store.reader import load
+    from ray_jobs.generate_embeddings import job as generate_embeddings
+    from tests.factory import make_dataset
+
+    make_dataset(tmp_path / "raw" / "toy", n=2, seconds=4.0)
+    assert generate_embeddings.main(["--dataset", "toy", "--data_root", str(tmp_path), "--media", "audio_embeddings",
+                                     "--audio_embedder", "musicnn"]) == 0
+    emb = load(tmp_path / "embeddings" / "toy" / "embeddings.h5", "audio_embeddings", "musicnn", "sequence")
+    assert list(emb.ids) == ["rec0", "rec1"] and all(e.shape == (2, 200) for e in emb.embeddings)  # 4 s: 2 patches
+    assert "checkpoint_source" not in emb.attrs["group.description"]
