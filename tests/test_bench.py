@@ -123,6 +123,7 @@ def test_pretrained_cost_bench(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # the script's own limit below is 1200 s
 def test_scale_write_bench():
     """Both write paths at two tiny sizes: the old one (git archive arch) sends every embedding to
     the driver, the new one none; the byte counts follow from rows x (frames + 1) x dim x 4."""
