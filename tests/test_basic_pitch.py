@@ -167,6 +167,7 @@ def test_a_copy_of_the_model_loads_and_hashes_alike(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.bench  # a benchmark script end to end: make bench
 def test_pretrained_cost_bench_runs_basic_pitch():
     from tests.test_bench import bench
 

@@ -1,6 +1,8 @@
 """The bench scripts run at tiny sizes and print one JSON object with the keys the tables of docs/benchmarks.md read.
 
-No timing is asserted: these check that the scripts work, not how fast the machine is.
+No timing is asserted: these check that the scripts work, not how fast the machine is. They are the
+benchmark scripts end to end, so all of them carry the ``bench`` marker: off the default test run
+(tests/conftest.py deselects them), run by ``make bench`` (``pytest -m bench``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.bench
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -120,7 +123,7 @@ def test_pretrained_cost_bench(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.bench
+@pytest.mark.timeout(1500)  # the script's own limit below is 1200 s
 def test_scale_write_bench():
     """Both write paths at two tiny sizes: the old one (git archive arch) sends every embedding to
     the driver, the new one none; the byte counts follow from rows x (frames + 1) x dim x 4."""

@@ -80,6 +80,7 @@ def _cmdline(proc: Path) -> str:
 
 
 @pytest.mark.bench
+@pytest.mark.timeout(3300)  # the dry run's own limit below is 3000 s
 def test_dry_run_end_to_end(tmp_path):
     out = tmp_path / "gpu_check.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--dry_run", "--out", str(out), "--work", str(tmp_path / "work")],

@@ -72,15 +72,17 @@ def ours(session: int, temp_dir: str) -> list[int]:
     return [p for p in _proc_ids() if p != me and (_session_of(p) == session or _refers_to(p, temp_dir))]
 
 
-def stop_ours(session: int, temp_dir: str, timeout: float = 30.0) -> list[int]:
-    """SIGTERM, then SIGKILL what is left; returns what still runs afterwards (should be nothing)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def stop_ours(session: int, temp_dir: str, grace: float = 5.0, timeout: float = 30.0) -> list[int]:
+    """SIGTERM, ``grace`` seconds, then SIGKILL what is left; returns what still runs ``timeout`` seconds
+    later (should be nothing). The grace is short: the head's gcs_server and one of its Python daemons
+    outlast a SIGTERM for 30 s and more, and nothing of this throwaway head needs a clean shutdown."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, timeout)):
         for pid in ours(session, temp_dir):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait
         while ours(session, temp_dir) and time.monotonic() < deadline:
             time.sleep(0.2)  # waiting for processes to exit, not timing anything
         if not ours(session, temp_dir):

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -20,7 +17,6 @@ from embedders.base import ConfigError, MissingFileError
 from embedders.dataset import InfoCsvError, info_hash, read_info_csv, unsafe_path_reason
 from embedders.io import read_bytes
 from embedders.store import filesystem as fs
-from embedders.store import locations
 from embedders.store.parts import (
     ShardWriter,
     StoreError,
@@ -35,49 +31,10 @@ from embedders.store.parts import (
     write_errors,
     write_parquet,
 )
-from ray_jobs.generate_embeddings.execute import rows_per_call
+from tests.conftest import S3_BUCKET
 from tests.factory import make_dataset
 
-try:
-    from moto.server import ThreadedMotoServer
-except ImportError:  # the dev extra installs moto[s3]; CI must have it
-    ThreadedMotoServer = None
-
-REPO = Path(__file__).resolve().parents[1]
-BUCKET = "avs-test-bucket"
-
-
-def require_moto():
-    if ThreadedMotoServer is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("moto is required when CI=true: pip install -e '.[dev]' (moto[s3])")
-        pytest.skip("moto not installed (pip install 'moto[s3]'): S3 tests need its local server")
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server on 127.0.0.1 with one bucket; AWS_* variables point pyarrow at it.
-
-    AWS_EC2_METADATA_DISABLED keeps the AWS SDK from asking the instance-metadata address for
-    credentials: no request leaves the loopback interface.
-    """
-    require_moto()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
-           "AWS_EC2_METADATA_DISABLED": "true"}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        import pyarrow.fs as pafs
-
-        pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], allow_bucket_creation=True).create_dir(BUCKET)
-        locations._remote_filesystem.cache_clear()
-        yield env
-        locations._remote_filesystem.cache_clear()
-    server.stop()
+BUCKET = S3_BUCKET  # the session's moto server (tests/conftest.py: s3_server, s3)
 
 
 @pytest.fixture(params=["local", "file", "memory", "s3"])
@@ -261,26 +218,27 @@ def upload_tree(local: Path, uri: str) -> None:
 
 
 @pytest.mark.slow
-def test_generate_and_compare_embeddings_on_s3(s3, tmp_path):
+def test_generate_and_compare_embeddings_on_s3(s3, ray_session, tmp_path, capsys):
     """generate_embeddings reads info.csv, audio and MIDI from S3 inside its Ray tasks, writes the
     Parquet parts and errors.parquet there, uploads embeddings.h5, and resumes from the remote
     store; compare_embeddings reads that file and writes its outputs to S3."""
+    from ray_jobs.generate_embeddings import job as generate_embeddings
+
     local = make_dataset(tmp_path / "toy", n=20, seconds=2.0, extra_rows=[
         {"id": "gone", "audio_filename": "audio/gone.wav", "midi_filename": "midi/rec0.mid", "style": "jazz",
          "bpm": 1, "split": "train"}])
     data_root = f"s3://{BUCKET}/{uuid.uuid4().hex}/data"
     upload_tree(local, fs.join(data_root, "raw", "toy"))
-    # The job runs in its own process with its own local Ray: its workers inherit the AWS_* settings,
+    # On the session's Ray, whose workers inherit the AWS_* settings (the S3 server started before it),
     # as the nodes of a cluster have theirs (instance profiles) in their environment.
-    env = {**os.environ, **s3, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local"}
-    command = [sys.executable, "-m", "ray_jobs.generate_embeddings", "--dataset", "toy", "--data_root", data_root,
-               "--num_cpus", "2", "--batch_size", "8", "--rows_per_part", "8"]
-    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    argv = ["--dataset", "toy", "--data_root", data_root, "--num_cpus", "2", "--batch_size", "8", "--rows_per_part", "8"]
+    assert generate_embeddings.main(argv) == 0, capsys.readouterr()
     emb = fs.join(data_root, "embeddings", "toy")
-    # one part per worker call: 21 rows in calls of rows_per_call rows (<= --rows_per_part 8), the missing row in one
-    per_call = rows_per_call(21, 2, 8)
-    assert per_call <= 8 and len(part_files(emb, "audio_embeddings", "melstats")) == -(-21 // per_call)
+    parts = part_files(emb, "audio_embeddings", "melstats")
+    ids = [read_parquet(p, columns=["id"]).column("id").to_pylist() for p in parts]
+    # 20 rows (the 21st failed), at most 8 per part (a worker call writes one part per medium: a few calls per worker)
+    assert sorted(i for part in ids for i in part) == sorted(f"rec{k}" for k in range(20))
+    assert all(1 <= len(part) <= 8 for part in ids)
     assert [(e["id"], e["medium"], e["error_type"]) for e in read_errors(emb)] == \
         [("gone", "audio_embeddings", "MissingFileError")]
     with fs.local_copy(fs.join(emb, "embeddings.h5")) as h5, h5py.File(h5) as f:
@@ -290,10 +248,11 @@ def test_generate_and_compare_embeddings_on_s3(s3, tmp_path):
     summary = json.loads(fs.read_bytes(fs.join(emb, "summary.json")))
     assert summary["h5_path"] == fs.join(emb, "embeddings.h5")
 
-    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "20 already embedded, 1 to do" in second.stdout and "21 already embedded, 0 to do" in second.stdout
-    assert len(part_files(emb, "audio_embeddings", "melstats")) == -(-21 // per_call)  # resumed: nothing written twice
+    capsys.readouterr()
+    assert generate_embeddings.main(argv) == 0
+    second = capsys.readouterr().out
+    assert "20 already embedded, 1 to do" in second and "21 already embedded, 0 to do" in second
+    assert part_files(emb, "audio_embeddings", "melstats") == parts  # resumed: nothing written twice
 
     from ray_jobs.compare_embeddings import job as compare_embeddings
 
@@ -402,7 +361,7 @@ def test_pretrain_reads_its_dataset_from_s3_and_writes_there(s3, tmp_path, monke
 
 
 @pytest.mark.slow
-def test_embedder_checkpoint_from_s3(s3, tmp_path, monkeypatch):
+def test_embedder_checkpoint_from_s3(s3, ray_session, tmp_path, monkeypatch):
     """--symbolic_checkpoint as an S3 URI: each node keeps one local copy; the vectors equal those
     from the same file given as a local path, and the store names where the weights came from."""
     from ray_jobs.generate_embeddings import job as generate_embeddings
@@ -420,19 +379,14 @@ def test_embedder_checkpoint_from_s3(s3, tmp_path, monkeypatch):
         local_options({"checkpoint": f"s3://{BUCKET}/missing/model.pt"})
 
     make_dataset(tmp_path / "raw" / "toy", n=4, seconds=2.0)
-    # Its own process and local Ray, so the actors inherit the AWS_* settings (cluster nodes have theirs)
-    env = {**os.environ, **s3, "AVS_STAGE_DIR": str(tmp_path / "stage"), "RAY_AUTH_MODE": "disabled",
-           "RAY_ADDRESS": "local"}
-    command = [sys.executable, "-m", "ray_jobs.generate_embeddings", "--dataset", "toy", "--data_root", str(tmp_path),
-               "--media", "symbolic_embeddings", "--symbolic_embedder", "midi_transformer", "--num_cpus", "2",
-               "--symbolic_checkpoint", uri]
-    job = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    # On the session's Ray: its workers inherit the AWS_* settings (cluster nodes have theirs); they
+    # stage the checkpoint in the session's AVS_STAGE_DIR (tests/conftest.py)
+    args = ["--dataset", "toy", "--data_root", str(tmp_path), "--media", "symbolic_embeddings",
+            "--symbolic_embedder", "midi_transformer", "--num_cpus", "2"]
+    assert generate_embeddings.main([*args, "--symbolic_checkpoint", uri]) == 0
     with h5py.File(tmp_path / "embeddings/toy/embeddings.h5") as f:
         remote = f["symbolic_embeddings/midi_transformer/average"][...]
         assert uri in f["symbolic_embeddings/midi_transformer"].attrs["description"]
-    args = ["--dataset", "toy", "--data_root", str(tmp_path), "--media", "symbolic_embeddings",
-            "--symbolic_embedder", "midi_transformer", "--num_cpus", "2"]
     assert generate_embeddings.main([*args, "--symbolic_checkpoint", str(local_ckpt), "--overwrite"]) == 0
     with h5py.File(tmp_path / "embeddings/toy/embeddings.h5") as f:
         np.testing.assert_array_equal(f["symbolic_embeddings/midi_transformer/average"][...], remote)

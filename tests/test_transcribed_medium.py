@@ -20,12 +20,9 @@ from embedders.store.parts import part_files
 from embedders.store.reader import list_embedders, load, load_pair
 from ray_jobs.generate_embeddings import job as generate_embeddings
 from ray_jobs.generate_embeddings import transcription
-from tests import test_storage
 from tests.factory import write_wav
 from tests.pretrained_factories.basic_pitch import notes_midi, phrase_notes, render, require_basic_pitch
-from tests.test_storage import BUCKET, REPO, upload_tree
-
-s3 = test_storage.s3  # the local moto S3 server fixture
+from tests.test_storage import BUCKET, upload_tree
 
 A, S, T = "audio_embeddings", "symbolic_embeddings", "transcribed_embeddings"
 
@@ -352,10 +349,9 @@ def test_a_killed_stage_keeps_what_it_committed_and_the_rerun_does_the_rest(ray_
 
 
 @pytest.mark.slow
-def test_the_medium_on_an_s3_store(s3, tmp_path):
-    """Workers read the audio from S3 and write the transcriptions, the index and the parts there; a rerun reuses them."""
-    import subprocess
-    import sys
+def test_the_medium_on_an_s3_store(s3, ray_session, tmp_path):
+    """Workers read the audio from S3 and write the transcriptions, the index and the parts there; a rerun reuses them.
+    (On the session's Ray, whose workers inherit the S3 server's AWS_* settings.)"""
     import uuid
 
     from embedders.store import filesystem as fs
@@ -367,12 +363,9 @@ def test_the_medium_on_an_s3_store(s3, tmp_path):
     pd.DataFrame(rows[:2]).to_csv(local / "info.csv", index=False)  # one piano row, one corrupt audio
     data_root = f"s3://{BUCKET}/{uuid.uuid4().hex}/data"
     upload_tree(local, fs.join(data_root, "raw", "toy"))
-    env = {**os.environ, **s3, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local"}
-    command = [sys.executable, "-m", "ray_jobs.generate_embeddings", "--dataset", "toy", "--data_root", data_root,
-               "--num_cpus", "2", "--media", T, "--h5", "none"]
+    argv = ["--dataset", "toy", "--data_root", data_root, "--num_cpus", "2", "--media", T, "--h5", "none"]
     for attempt in (1, 2):
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert generate_embeddings.main(argv) == 0
         store = fs.join(data_root, "embeddings", "toy")
         section = json.loads(fs.read_bytes(fs.join(store, "summary.json")))["transcription"]
         assert (section["transcribed"], section["reused"], section["failed"]) == ((1, 0, 1) if attempt == 1 else (0, 1, 1))
