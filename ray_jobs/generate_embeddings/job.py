@@ -201,8 +201,9 @@ def start_medium(spec: MediumSpec, info: pd.DataFrame, store, args, *, gpu: bool
         print(f"{tag} --overwrite: removed {state.removed_parts} part file(s)")
     if state.removed_temporary:
         print(f"{tag} removed {state.removed_temporary} uncommitted part file(s) left by a killed run")
-    if spec.options.get("checkpoint") != getattr(config, "checkpoint", None):  # a URI: say where it came from
-        description["checkpoint_source"] = spec.options["checkpoint"]
+    source = spec.options.get("checkpoint")
+    if source and source != getattr(config, "checkpoint", None):  # a URI: say where it came from
+        description["checkpoint_source"] = source
     target = PartTarget(str(store), config_hash, description, args.rows_per_part,
                         args.batch_size or cls.default_batch_size)
     counts = {"embedder": spec.embedder, "config": dataclasses.asdict(config), "config_hash": config_hash,
