@@ -272,6 +272,8 @@ def test_transcription_quality_is_the_mean_over_scored_recordings(tmp_path):
     text = demo_index.transcription_text(tmp_path / "index.html", store)
     assert "3 recordings transcribed to MIDI by <code>basic_pitch</code>" in text
     assert "mean 0.600, median 0.600 (precision 0.500, recall 0.850) over 2 scored recordings" in text
+    assert "The audio is a performance" not in text  # rendered from the MIDI: timing agrees
+    assert "The audio is a performance" in demo_index.transcription_text(tmp_path / "index.html", store, True)
 
 
 # -- outputs of different builds of the dataset never mix --
@@ -348,3 +350,15 @@ def test_results_of_another_dataset_are_moved_aside_and_embedding_steps_overwrit
     assert fresh.claim_results(tmp_path / "other_results", {"dir": "/d", "info_csv_sha256": "B"}) is None
     demo.embed(fake, fresh, transcribed, ["--y"], store)
     assert calls[-1] == ["--y", "--overwrite"], "transcriptions of other audio are reused by id unless overwritten"
+
+
+def test_a_comparison_or_sweep_made_with_other_settings_is_not_done(tmp_path):
+    out = tmp_path / "c"
+    out.mkdir()
+    assert not demo.compared(out, 1000)
+    (out / "metrics.json").write_text(json.dumps({"inputs": {"n_permutations": 50}}))
+    assert not demo.compared(out, 1000) and demo.compared(out, 50)
+    assert not demo.swept(tmp_path, "melstats,pianoroll")
+    pd.DataFrame({"audio_embedder": ["melstats"], "symbolic_embedder": ["pianoroll"]}).to_csv(
+        tmp_path / "summary.csv", index=False)
+    assert demo.swept(tmp_path, "melstats,pianoroll") and not demo.swept(tmp_path, "melstats,musicnn,pianoroll")

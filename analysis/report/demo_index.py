@@ -47,9 +47,20 @@ def dataset_section(page: Path, info_csv: Path) -> str:
             + f"<p>{performance_text(info)}</p>" + table(rows))
 
 
+def _performance_levels(info_csv: Path) -> list[str]:
+    """prepare_dataset's performance levels in info.csv other than none (empty: the MIDI itself was rendered)."""
+    if not Path(info_csv).exists():
+        return []
+    info = pd.read_csv(info_csv, nrows=0)
+    if "perf_level" not in info:
+        return []
+    levels = set(pd.read_csv(info_csv, usecols=["perf_level"])["perf_level"].dropna().astype(str))
+    return sorted(levels - {"none"})
+
+
 def performance_text(info: pd.DataFrame) -> str:
     """What the audio is: a rendered performance of the score (prepare_dataset's perf_* columns) or the MIDI itself."""
-    levels = sorted(set(info["perf_level"].dropna().astype(str))) if "perf_level" in info else []
+    levels = sorted(set(info["perf_level"].dropna().astype(str)) - {"none"}) if "perf_level" in info else []
     if not levels:
         return ("Audio: the paired MIDI itself, rendered (<code>--performance none</code>): audio and MIDI agree by "
                 "construction.")
@@ -79,7 +90,9 @@ MEDIA = ("audio_embeddings", "symbolic_embeddings", "transcribed_embeddings")
 SHORT = {"audio_embeddings": "audio", "symbolic_embeddings": "symbolic", "transcribed_embeddings": "transcribed"}
 
 
-def embeddings_section(page: Path, h5: Path) -> str:
+def embeddings_section(page: Path, h5: Path, performed: bool = False) -> str:
+    """``performed``: the audio renders a performance (the transcription is then scored against a score
+    played otherwise in time)."""
     if not h5.exists():
         return '<p class="muted">not run</p>'
     import h5py
@@ -96,10 +109,10 @@ def embeddings_section(page: Path, h5: Path) -> str:
     errors = h5.parent / "errors.parquet"
     n_errors = len(pd.read_parquet(errors)) if errors.exists() else 0
     return (table(rows) + f"<p>Store: {_link(page, h5)}; job summary: {_link(page, summary)}; "
-            f"errors table: {_link(page, errors)} ({n_errors} rows).</p>" + transcription_text(page, h5.parent))
+            f"errors table: {_link(page, errors)} ({n_errors} rows).</p>" + transcription_text(page, h5.parent, performed))
 
 
-def transcription_text(page: Path, store: Path) -> str:
+def transcription_text(page: Path, store: Path, performed: bool = False) -> str:
     """The transcribed medium's quality: mir_eval note-onset scores of each transcription against the paired MIDI."""
     path = store / "transcription_quality.parquet"
     if not path.exists():
@@ -113,9 +126,10 @@ def transcription_text(page: Path, store: Path) -> str:
     return (f"<p>Transcribed medium: {len(done)} recordings transcribed to MIDI by <code>{name}</code>; note-onset "
             f"F1 against the paired MIDI (the score; 50 ms tolerance) mean {number(scored['f1'].mean())}, median "
             f"{number(scored['f1'].median())} (precision {number(scored['precision'].mean())}, recall "
-            f"{number(scored['recall'].mean())}) over {len(scored)} scored recordings: {_link(page, path)}. A "
-            "performance departs from the score in timing, so onsets are scored against notes that were played "
-            "elsewhere in time.</p>")
+            f"{number(scored['recall'].mean())}) over {len(scored)} scored recordings: {_link(page, path)}."
+            + (" The audio is a performance: its tempo and timing depart from the score, so many onsets fall "
+               "outside the tolerance of the score's although the notes were played." if performed else "")
+            + "</p>")
 
 
 def _side_name(inputs: dict, i: int) -> str:
@@ -263,7 +277,7 @@ def render(page: Path, *, info_csv: Path, h5: Path, model: Path, compare_dirs: d
         ("Stages of this run", table(timing_rows)),
         ("Dataset", dataset_section(page, info_csv)),
         ("Pretrained MIDI transformer", pretrain_section(page, model)),
-        ("Embeddings", embeddings_section(page, h5)),
+        ("Embeddings", embeddings_section(page, h5, performed=bool(_performance_levels(info_csv)))),
         ("Comparison of the embedding spaces", compare_section(page, compare_dirs)),
         ("Classifier sweeps: audio against symbolic per label", sweep_section(page, sweep_dir)),
         ("MLflow", mlflow_section(tracking_uri)),

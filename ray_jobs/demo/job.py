@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain_epochs", type=int, default=8)
     p.add_argument("--sweep_samples", type=int, default=8, help="Tune trials per (medium, embedder, label)")
     p.add_argument("--sweep_epochs", type=int, default=40, help="most epochs per sweep trial")
+    p.add_argument("--sweep_embedders", default=",".join((*AUDIO, *SYMBOLIC)),
+                   help="embedders the sweep sets against each other (each audio one against each symbolic one); "
+                        "fewer: a shorter sweep")
     p.add_argument("--seeds", type=int, default=3, help="seeds for the final retraining of each best config")
     p.add_argument("--n_permutations", type=int, default=1000,
                    help="compare_embeddings null draws (Holm can reject only from the family's "
@@ -228,6 +231,28 @@ def embed(generate_embeddings, state: DemoState, step: EmbedStep, argv: list[str
     return call(generate_embeddings, argv)
 
 
+def compared(out: Path, n_permutations: int) -> bool:
+    """A comparison is done when its metrics.json exists with this many permutations."""
+    import json
+
+    try:
+        return json.loads((out / "metrics.json").read_text())["inputs"]["n_permutations"] == n_permutations
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return False
+
+
+def swept(sweep_dir: Path, embedders: str) -> bool:
+    """The sweep is done when its table holds every requested embedder (it lists every finished task)."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(sweep_dir / "summary.csv", dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        return False
+    present = set(table.get("audio_embedder", [])) | set(table.get("symbolic_embedder", []))
+    return {e for e in embedders.split(",") if e} <= present
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     missing = missing_packages()
@@ -282,13 +307,13 @@ def main(argv: list[str] | None = None) -> int:
             compare_dirs[(comparison.name, label)] = out
             flags = ["--h5_path", str(h5), "--output_dir", str(out), "--media", f"{comparison.x},{comparison.y}",
                      "--n_permutations", str(args.n_permutations), "--n_boot", str(args.n_permutations)]
-            stages.run("compare_embeddings", (out / "metrics.json").exists(), call, compare_embeddings,
+            stages.run("compare_embeddings", compared(out, args.n_permutations), call, compare_embeddings,
                        [*flags, *(["--label", label] if label else [])])
 
     sweep_dir = results / "sweep"
-    stages.run("sweep", (sweep_dir / "summary.csv").exists(), call, sweep,
+    stages.run("sweep", swept(sweep_dir, args.sweep_embedders), call, sweep,
                ["--h5_path", str(h5), "--labels", ",".join(LABELS), "--output_dir", str(sweep_dir),
-                "--media", f"{A},{S}", "--embedders", ",".join((*AUDIO, *SYMBOLIC)),
+                "--media", f"{A},{S}", "--embedders", args.sweep_embedders,
                 "--num_samples", str(args.sweep_samples), "--max_epochs", str(args.sweep_epochs),
                 "--seeds", str(args.seeds), "--mlflow_tracking_uri", tracking_uri])
 
