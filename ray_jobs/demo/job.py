@@ -13,7 +13,7 @@ and redone, never mixed):
 3. ``generate_embeddings``: audio ``melstats`` (weight-free) and ``musicnn`` (real weights from
    its wheel); symbolic ``pianoroll`` and ``midi_transformer``; and the transcribed medium:
    ``pianoroll`` on each recording's ``basic_pitch`` transcription (real weights from its wheel);
-4. ``compare_embeddings``: ``COMPARISONS``: each audio embedder against pianoroll (the research
+4. ``compare_embeddings``: ``comparisons()``: each audio embedder against pianoroll (the research
    question), and pianoroll on the score against pianoroll on the transcription (what is lost
    between audio and symbols when the model is held fixed), without a label and per label;
 5. ``sweep``: classifier sweeps for composer and metre (time_signature), audio against symbolic;
@@ -50,11 +50,17 @@ class Comparison(NamedTuple):
     labels: tuple[str | None, ...]
 
 
-COMPARISONS = (
-    Comparison("melstats_vs_pianoroll", f"{A}:melstats", f"{S}:pianoroll", (None, *LABELS)),
-    Comparison("musicnn_vs_pianoroll", f"{A}:musicnn", f"{S}:pianoroll", (None, *LABELS)),
-    Comparison("pianoroll_vs_transcribed_pianoroll", f"{S}:pianoroll", f"{T}:{TRANSCRIBED}", (None, "composer")),
-)
+def comparisons(labels: tuple[str, ...] = LABELS) -> tuple[Comparison, ...]:
+    """Each audio embedder against pianoroll, without a label and per label; the score's pianoroll
+    against the transcription's, without a label and for the first label."""
+    return (
+        Comparison("melstats_vs_pianoroll", f"{A}:melstats", f"{S}:pianoroll", (None, *labels)),
+        Comparison("musicnn_vs_pianoroll", f"{A}:musicnn", f"{S}:pianoroll", (None, *labels)),
+        Comparison("pianoroll_vs_transcribed_pianoroll", f"{S}:pianoroll", f"{T}:{TRANSCRIBED}", (None, *labels[:1])),
+    )
+
+
+COMPARISONS = comparisons()
 
 
 class EmbedStep(NamedTuple):
@@ -113,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain_epochs", type=int, default=8)
     p.add_argument("--sweep_samples", type=int, default=8, help="Tune trials per (medium, embedder, label)")
     p.add_argument("--sweep_epochs", type=int, default=40, help="most epochs per sweep trial")
+    p.add_argument("--labels", default=",".join(LABELS),
+                   help="metadata columns the comparisons (within-label nulls, kNN) and the sweep use")
     p.add_argument("--sweep_embedders", default=",".join((*AUDIO, *SYMBOLIC)),
                    help="embedders the sweep sets against each other (each audio one against each symbolic one); "
                         "fewer: a shorter sweep")
@@ -241,8 +249,8 @@ def compared(out: Path, n_permutations: int) -> bool:
         return False
 
 
-def swept(sweep_dir: Path, embedders: str) -> bool:
-    """The sweep is done when its table holds every requested embedder (it lists every finished task)."""
+def swept(sweep_dir: Path, embedders: str, labels: tuple[str, ...] = ()) -> bool:
+    """The sweep is done when its table holds every requested embedder and label (it lists every finished task)."""
     import pandas as pd
 
     try:
@@ -250,7 +258,7 @@ def swept(sweep_dir: Path, embedders: str) -> bool:
     except FileNotFoundError:
         return False
     present = set(table.get("audio_embedder", [])) | set(table.get("symbolic_embedder", []))
-    return {e for e in embedders.split(",") if e} <= present
+    return {e for e in embedders.split(",") if e} <= present and set(labels) <= set(table.get("label", []))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
                    generate_embeddings, state, step, step_argv, h5.parent)
 
     compare_dirs = {}
-    for comparison in COMPARISONS:
+    labels = tuple(label for label in args.labels.split(",") if label)
+    for comparison in comparisons(labels):
         for label in comparison.labels:
             out = results / "compare" / comparison.name / (label or "no_label")
             compare_dirs[(comparison.name, label)] = out
@@ -311,8 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                        [*flags, *(["--label", label] if label else [])])
 
     sweep_dir = results / "sweep"
-    stages.run("sweep", swept(sweep_dir, args.sweep_embedders), call, sweep,
-               ["--h5_path", str(h5), "--labels", ",".join(LABELS), "--output_dir", str(sweep_dir),
+    stages.run("sweep", swept(sweep_dir, args.sweep_embedders, labels), call, sweep,
+               ["--h5_path", str(h5), "--labels", ",".join(labels), "--output_dir", str(sweep_dir),
                 "--media", f"{A},{S}", "--embedders", args.sweep_embedders,
                 "--num_samples", str(args.sweep_samples), "--max_epochs", str(args.sweep_epochs),
                 "--seeds", str(args.seeds), "--mlflow_tracking_uri", tracking_uri])
