@@ -20,7 +20,10 @@ single metric of the battery. ``baseline_plain_cka`` draws ``n_permutations`` fr
 ``baseline_plain_cka_within`` the same number of within-label permutations (what the plain way
 pays for the job's second null). ``suite_vs_plain_cka`` = battery seconds / the free baseline;
 ``suite_vs_plain_cka_same_nulls`` = battery seconds / (free + within baselines), i.e. against the
-plain CKA drawing the same nulls as the job (equal to the first without labels).
+plain CKA drawing the same nulls as the job (equal to the first without labels). Seconds are CPU
+seconds of this process by default (``--clock cpu``: BLAS runs one thread, so on an idle machine
+they equal wall seconds, and on a shared one they do not count time spent waiting for a core);
+``totals_s`` and ``ratios`` give both clocks.
 With ``--sizes`` every size runs in its own process (so each peak is its own) and the result adds
 how time and memory grow with N.
 """
@@ -28,6 +31,7 @@ how time and memory grow with N.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -97,13 +101,51 @@ def plain_cka_null(X: np.ndarray, Y: np.ndarray, n_permutations: int, seed: int,
     return {"value": value, "p_value": p, "seconds": round(time.perf_counter() - t0, 4)}
 
 
+class Clock:
+    """Wall and CPU seconds of a block (``with clock.measure(name):``); BLAS runs one thread, so on
+    an idle machine the two agree and on a shared one CPU seconds are what the code itself cost."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def measure(self, name: str):
+        w, c = time.perf_counter(), time.process_time()
+        yield
+        self.wall[name] = time.perf_counter() - w
+        self.cpu[name] = time.process_time() - c
+
+
+@contextlib.contextmanager
+def component_clock(kind: str):
+    """Make compare_*'s per-component ``timings_s`` count ``kind`` seconds ("wall" leaves them alone):
+    their modules read ``time.perf_counter``, which is swapped for ``time.process_time`` meanwhile."""
+    import analysis.compare
+    import analysis.compare_labels
+
+    modules = (analysis.compare, analysis.compare_labels)
+    if kind == "wall":
+        yield
+        return
+    saved = [m.time for m in modules]
+    proxy = type("CpuTime", (), {"perf_counter": staticmethod(time.process_time)})
+    try:
+        for m in modules:
+            m.time = proxy
+        yield
+    finally:
+        for m, t in zip(modules, saved, strict=True):
+            m.time = t
+
+
 def run_sizes(args) -> dict:
     """One subprocess per size (its own peak memory), then how time and memory grow with N."""
     import subprocess
 
     flags = ["--dim", str(args.dim), "--seed", str(args.seed), "--n-permutations", str(args.n_permutations),
              "--n-boot", str(args.n_boot), "--max-n-kernel", str(args.max_n_kernel), "--threads", str(args.threads),
-             "--standardize", args.standardize] + (["--no-label"] if args.no_label else [])
+             "--standardize", args.standardize, "--clock", args.clock] + (["--no-label"] if args.no_label else [])
     sizes = []
     for n in [int(x) for x in args.sizes.split(",") if x.strip()]:
         out = subprocess.run([sys.executable, __file__, "--n", str(n), *flags], capture_output=True, text=True)
@@ -144,6 +186,9 @@ def main() -> None:
     ap.add_argument("--max-n-kernel", type=int, default=2000)
     ap.add_argument("--standardize", choices=("zscore", "none"), default="zscore", help="as the job's --standardize")
     ap.add_argument("--no-label", action="store_true", help="the job without --label: free nulls, no compare_labels")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="seconds counted per component and in the ratios: CPU seconds of this process (default; "
+                         "robust to other processes on a shared machine) or wall seconds; both totals are reported")
     ap.add_argument("--threads", type=int, default=1,
                     help="BLAS threads inside compare_* (default 1 as in compare_*; 0 = library default)")
     args = ap.parse_args()
@@ -164,41 +209,52 @@ def main() -> None:
     t_data = time.perf_counter() - t0
     rss_data = peak_rss_mb()
 
-    t0 = time.perf_counter()
-    spaces = compare_spaces(X, Y, train_idx=train, test_idx=test, strata=y if label else None, seed=args.seed,
-                            n_permutations=args.n_permutations, n_boot=args.n_boot, max_n_kernel=args.max_n_kernel,
-                            standardize=args.standardize, n_threads=threads)
-    t_spaces = time.perf_counter() - t0
+    clock = Clock()
+    with component_clock(args.clock), clock.measure("compare_spaces"):
+        spaces = compare_spaces(X, Y, train_idx=train, test_idx=test, strata=y if label else None, seed=args.seed,
+                                n_permutations=args.n_permutations, n_boot=args.n_boot,
+                                max_n_kernel=args.max_n_kernel, standardize=args.standardize, n_threads=threads)
     rss_spaces = peak_rss_mb()
-
-    t0 = time.perf_counter()
     labels = None
-    if label:
-        labels = compare_labels(Za, Zs, y, groups=groups, n_splits=5, seed=args.seed, n_permutations=args.n_permutations,
-                                n_boot=args.n_boot, max_n=args.max_n_kernel, standardize=args.standardize,
-                                n_threads=threads)
-    t_labels = time.perf_counter() - t0
-
+    with component_clock(args.clock), clock.measure("compare_labels"):
+        if label:
+            labels = compare_labels(Za, Zs, y, groups=groups, n_splits=5, seed=args.seed,
+                                    n_permutations=args.n_permutations, n_boot=args.n_boot, max_n=args.max_n_kernel,
+                                    standardize=args.standardize, n_threads=threads)
     with blas_threads(threads):
-        baseline = plain_cka_null(Za, Zs, args.n_permutations, args.seed)
-        within = plain_cka_null(Za, Zs, args.n_permutations, args.seed, labels=y) if label else None
+        with clock.measure("baseline_free"):
+            baseline = plain_cka_null(Za, Zs, args.n_permutations, args.seed)
+        within = None
+        if label:
+            with clock.measure("baseline_within"):
+                within = plain_cka_null(Za, Zs, args.n_permutations, args.seed, labels=y)
 
     headline = {name: {k: m[k] for k in ("value", "ci_lo", "ci_hi", "null_mean", "p_value", "n_used")}
                 for name, m in spaces["metrics"].items()
                 if not name.startswith("retrieval") or name.endswith(("recall@1", "mrr"))}
-    battery = t_spaces + t_labels
-    same_nulls = baseline["seconds"] + (within["seconds"] if within else 0.0)
-    seconds = {"make_data": round(t_data, 2), "compare_spaces_total": round(t_spaces, 2),
+    use = clock.cpu if args.clock == "cpu" else clock.wall
+    battery = use["compare_spaces"] + use["compare_labels"]
+    free_s = use["baseline_free"]
+    same_nulls = free_s + use.get("baseline_within", 0.0)
+    seconds = {"make_data": round(t_data, 2), "compare_spaces_total": round(use["compare_spaces"], 2),
                **{f"compare_spaces.{k}": round(v, 2) for k, v in spaces["timings_s"].items()},
-               "compare_labels_total": round(t_labels, 2)}
+               "compare_labels_total": round(use["compare_labels"], 2)}
     if labels:
         seconds.update({f"compare_labels.{k}": round(v, 2) for k, v in labels["timings_s"].items()})
     seconds["total"] = round(t_data + battery, 2)
+    totals = {kind: {name: round(v, 2) for name, v in table.items()} for kind, table in
+              (("wall", clock.wall), ("cpu", clock.cpu))}
+    ratios = {kind: {"suite_vs_plain_cka": round((t["compare_spaces"] + t["compare_labels"])
+                                                 / max(t["baseline_free"], 1e-9), 2),
+                     "suite_vs_plain_cka_same_nulls": round((t["compare_spaces"] + t["compare_labels"])
+                                                            / max(t["baseline_free"] + t.get("baseline_within", 0.0),
+                                                                  1e-9), 2)}
+              for kind, t in (("wall", clock.wall), ("cpu", clock.cpu))}
     finish({
         "benchmark": "compare_scale", "machine": info, "n": args.n, "dim": args.dim, "n_permutations": args.n_permutations,
         "n_boot": args.n_boot, "max_n_kernel": args.max_n_kernel, "standardize": args.standardize, "label": label,
         "blas_threads": threads, "cpu_count": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0],
-        "seconds": seconds,
+        "clock": args.clock, "seconds": seconds, "totals_s": totals, "ratios": ratios,
         "peak_rss_mb": {"after_data": round(rss_data, 1), "after_compare_spaces": round(rss_spaces, 1),
                         "at_end": round(peak_rss_mb(), 1)},
         "values": headline,
@@ -206,9 +262,11 @@ def main() -> None:
             m: {"knn": labels[m]["knn"]["value"], "knn_chance": labels[m]["knn"]["chance"],
                 "silhouette": labels[m]["silhouette"]["value"], "label_rdm": labels[m]["label_rdm"]["value"],
                 "label_rdm_p": labels[m]["label_rdm"]["p_value"]} for m in ("audio", "symbolic")},
-        "baseline_plain_cka": {**baseline, "suite_value": spaces["metrics"]["linear_cka"]["value"]},
-        "baseline_plain_cka_within": within,
-        "suite_vs_plain_cka": round(battery / max(baseline["seconds"], 1e-9), 2),
+        "baseline_plain_cka": {**baseline, "seconds": round(free_s, 4),
+                               "suite_value": spaces["metrics"]["linear_cka"]["value"]},
+        "baseline_plain_cka_within": None if within is None else {**within,
+                                                                  "seconds": round(use["baseline_within"], 4)},
+        "suite_vs_plain_cka": round(battery / max(free_s, 1e-9), 2),
         "suite_vs_plain_cka_same_nulls": round(battery / max(same_nulls, 1e-9), 2),
     })
 
