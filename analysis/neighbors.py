@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from analysis._checks import as_matrix, check_choice, check_int
+from analysis.topk import top_k_rows
 
 METRICS = ("cosine", "euclidean")
 # Cap on the float32 similarity block (chunk x gallery) in elements: 2**26 * 4 bytes = 256 MB.
@@ -78,6 +79,10 @@ def knn_indices(
     Exact search: every query is scored against the whole gallery, ``chunk_size`` queries at a
     time, so peak extra memory is ``chunk_size * n_gallery`` scores plus the (n_queries, k) output.
 
+    Neighbours come nearest first, equally near ones by index ascending (``analysis.topk``:
+    exact selection from each score block; with float32 scores "equally near" means equal to
+    float32 precision).
+
     Returns int64 array of shape (n_queries, k).
     """
     metric = check_choice("metric", metric, METRICS)
@@ -99,9 +104,5 @@ def knn_indices(
         if self_query:
             rows = np.arange(stop - start)
             S[rows, start + rows] = -np.inf
-        # argpartition is O(n) per row; only the k winners are then sorted.
-        top = np.argpartition(S, n_g - k, axis=1)[:, n_g - k:]
-        top_scores = np.take_along_axis(S, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        out[start:stop] = np.take_along_axis(top, order, axis=1)
+        out[start:stop] = top_k_rows(S, k)
     return out
