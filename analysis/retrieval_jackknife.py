@@ -46,18 +46,22 @@ class BlockRanks:
         Gn[slot] = normalize_rows(G)
         self.greater_by_block = np.empty((n, n_blocks), dtype=np.int64)
         self.ties_by_block = np.empty((n, n_blocks), dtype=np.int64)
-        chunk = chunk_rows(Gn.shape[0]) if chunk_size is None else chunk_size
+        chunk = min(n, chunk_rows(Gn.shape[0]) if chunk_size is None else chunk_size)
+        scores = np.empty(chunk * Gn.shape[0], dtype=np.float32)  # buffers reused by every chunk
+        flags = np.empty(scores.size, dtype=bool)
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            S = normalize_rows(Q[start:stop]).astype(np.float32) @ Gn.T
+            shape = (stop - start, n_blocks, width)
+            S = np.matmul(normalize_rows(Q[start:stop]).astype(np.float32), Gn.T,
+                          out=scores[: (stop - start) * Gn.shape[0]].reshape(stop - start, Gn.shape[0]))
             S[:, pad] = -np.inf
             rows = np.arange(stop - start)
             v = S[rows, slot[start:stop]][:, None]
-            shape = (stop - start, n_blocks, width)
-            self.greater_by_block[start:stop] = (S > v).reshape(shape).sum(axis=2)
-            same = S == v
-            same[rows, slot[start:stop]] = False  # the true match does not tie with itself
-            self.ties_by_block[start:stop] = same.reshape(shape).sum(axis=2)
+            mask = flags[: S.size].reshape(S.shape)
+            self.greater_by_block[start:stop] = np.greater(S, v, out=mask).reshape(shape).sum(axis=2)
+            np.equal(S, v, out=mask)
+            mask[rows, slot[start:stop]] = False  # the true match does not tie with itself
+            self.ties_by_block[start:stop] = mask.reshape(shape).sum(axis=2)
         self.greater = self.greater_by_block.sum(axis=1)
         self.ties = self.ties_by_block.sum(axis=1)
 

@@ -67,11 +67,13 @@ def _compact(values: np.ndarray, cols: np.ndarray | None, flat: np.ndarray, coun
     return v, c
 
 
-def top_k_rows(S: np.ndarray, k: int) -> np.ndarray:
+def top_k_rows(S: np.ndarray, k: int, mask_buffer: np.ndarray | None = None) -> np.ndarray:
     """(rows, k) int64 columns of the k largest entries of each row of S (rows, n), largest first.
 
     Ties are ordered by column ascending. S must hold no NaN (a NaN would compare False
     everywhere); entries set to -inf (e.g. a query's own column) are chosen last.
+    ``mask_buffer``: a bool array of at least S.size elements to reuse for the candidate mask
+    (callers looping over blocks save mapping fresh pages each time).
     """
     rows, n = S.shape
     if not 1 <= k <= n:
@@ -79,7 +81,8 @@ def top_k_rows(S: np.ndarray, k: int) -> np.ndarray:
     if rows == 0:
         return np.empty((0, k), dtype=np.int64)
     cap = max(64 * k, (8 * k * n) // max(SAMPLE_COLUMNS, 16 * k))
-    mask = S >= _bound(S, k)[:, None]
+    mask = None if mask_buffer is None else mask_buffer.ravel()[: S.size].reshape(S.shape)
+    mask = np.greater_equal(S, _bound(S, k)[:, None], out=mask)
     if np.count_nonzero(mask) > rows * cap // 4:  # many exact ties somewhere: find those rows first
         heavy = np.count_nonzero(mask, axis=1) > cap
         if np.any(heavy):  # duplicated or constant rows: sort those rows whole
