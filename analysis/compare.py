@@ -78,7 +78,7 @@ from analysis.pooling import zscore_fitted
 from analysis.retrieval import project_for_retrieval, random_split
 from analysis.retrieval_jackknife import BlockRanks
 from analysis.retrieval_null import RankNull
-from analysis.similarity import knn_overlap
+from analysis.similarity import OverlapCounter
 from analysis.streams import stream as _stream
 from analysis.subsample import subsample_indices
 
@@ -166,8 +166,8 @@ def _kernel_and_rsa(X, Y, out, timings, *, codes, seed, n_permutations, level, m
 def _mutual_knn(X, Y, out, timings, *, nul, blocks, n_blocks, level, k):
     t0 = time.perf_counter()
     res = mutual_knn_jackknife(X - X.mean(0), Y - Y.mean(0), k, blocks, n_blocks)
-    nx, ny = res["neighbors_x"], res["neighbors_y"]
-    free, within = nul.run(lambda p: float(knn_overlap(nx, ny, p).mean()), "knn")
+    counter = OverlapCounter(res["neighbors_x"], res["neighbors_y"])  # lists permuted per draw, never rebuilt
+    free, within = nul.run(counter.mean, "knn")
     out["mutual_knn"] = metric_entry("mutual_knn", res["value"], kind=KIND_AT_N, replicates=res["replicates"],
                                      n_blocks=n_blocks, null=_column(free), null_within=_column(within),
                                      n_used=X.shape[0], subsampled=False, level=level, chance=k / (X.shape[0] - 1),

@@ -17,7 +17,7 @@ from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, Str
 
 from analysis._checks import SeedLike, as_generator, as_labels, as_matrix, check_choice, check_int
 from analysis.neighbors import METRICS, knn_indices
-from analysis.pairwise import RdmPair, rdm_condensed
+from analysis.pairwise import CodedRdmPair, rdm_condensed
 from analysis.stats import null_summary, permutation_null
 from analysis.subsample import subsample_indices, subsample_info
 
@@ -206,7 +206,8 @@ def label_rdm_correlation(X: np.ndarray, y: np.ndarray, numeric: bool = False, n
     if np.unique(ys).size < 2:
         raise ValueError("y: expected at least 2 distinct labels in the sample, got 1")
     Xs = X[idx] - X[idx].mean(0)
-    pair = RdmPair(rdm_condensed(Xs, metric), label_rdm(ys, numeric))
+    # the label RDM depends only on each pair's labels: draws by class sums (``CodedRdmPair``)
+    pair = CodedRdmPair(rdm_condensed(Xs, metric), label_rdm(ys, numeric), ys)
     null = permutation_null(pair.stat, idx.size, n_permutations, rng)
     out = null_summary(pair.stat(), null, "greater")
     return {"value": out.pop("observed"), **out, "numeric": bool(numeric), "metric": metric,
