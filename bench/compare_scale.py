@@ -257,7 +257,7 @@ def main() -> None:
         "clock": args.clock, "seconds": seconds, "totals_s": totals, "ratios": ratios,
         "peak_rss_mb": {"after_data": round(rss_data, 1), "after_compare_spaces": round(rss_spaces, 1),
                         "at_end": round(peak_rss_mb(), 1)},
-        "values": headline,
+        "values": headline, "primary": spaces["primary"],
         "labels": None if labels is None else {
             m: {"knn": labels[m]["knn"]["value"], "knn_chance": labels[m]["knn"]["chance"],
                 "silhouette": labels[m]["silhouette"]["value"], "label_rdm": labels[m]["label_rdm"]["value"],

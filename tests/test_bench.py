@@ -43,14 +43,23 @@ def test_tokenization_bench(tmp_path):
         assert "not installed" in r["miditoolkit"]
 
 
+@pytest.mark.bench
 def test_compare_scale_bench_sizes():
     r = bench("compare_scale.py", "--sizes", "120,240", "--dim", "16", "--n-permutations", "9", "--n-boot", "9",
               "--max-n-kernel", "100")
-    assert [row["n"] for row in r["table"]] == [120, 240]
+    assert [row["n"] for row in r["table"]] == [120, 240] and r["label"] is True
     assert all(row["peak_rss_mb"] > 0 and row["seconds_total"] > 0 for row in r["table"])
     assert set(r["growth"]["120->240"]) == {"n_ratio", "time_ratio", "time_exponent", "peak_rss_ratio"}
-    base = r["sizes"][0]["baseline_plain_cka"]
+    size = r["sizes"][0]
+    base = size["baseline_plain_cka"]
     assert base["value"] == pytest.approx(base["suite_value"], rel=1e-4)  # the baseline computes the same CKA
+    # what the job runs with --label: within-label nulls, the label metrics, and the plain CKA with both nulls
+    assert size["values"]["linear_cka_debiased"]["n_used"] == 120 and size["labels"]["audio"]["knn"] > 0
+    assert size["primary"]["p_within"] is not None  # compare_spaces got the label as strata
+    assert size["baseline_plain_cka_within"]["seconds"] > 0
+    assert set(size["ratios"]) == {"wall", "cpu"} and size["clock"] == "cpu"
+    assert {"compare_spaces", "compare_labels", "baseline_free", "baseline_within"} <= set(size["totals_s"]["cpu"])
+    assert size["suite_vs_plain_cka"] >= size["suite_vs_plain_cka_same_nulls"] > 0
 
 
 @pytest.mark.slow
