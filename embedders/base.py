@@ -173,6 +173,20 @@ def _release_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def class_sources_digest(cls: type) -> Any:
+    """A sha256 object fed with the source of the module of ``cls`` and of each of its bases (the
+    qualified name where the source cannot be read): code identity for config hashes."""
+    digest = hashlib.sha256()
+    for klass in cls.__mro__:
+        if klass in (object, ABC):
+            continue
+        try:
+            digest.update(inspect.getsource(inspect.getmodule(klass)).encode())
+        except (OSError, TypeError):
+            digest.update(klass.__qualname__.encode())
+    return digest
+
+
 class Embedder(ABC):
     """One model that turns recordings into (T, dim) float32 frame sequences.
 
@@ -294,14 +308,7 @@ class Embedder(ABC):
     def source_hash(cls) -> str:
         """Hash of the source modules of the class, its bases and ``source_modules``: changes when
         the code changes. ``source_modules`` are read from their files, not imported."""
-        digest = hashlib.sha256()
-        for klass in cls.__mro__:
-            if klass in (object, ABC):
-                continue
-            try:
-                digest.update(inspect.getsource(inspect.getmodule(klass)).encode())
-            except (OSError, TypeError):
-                digest.update(klass.__qualname__.encode())
+        digest = class_sources_digest(cls)
         for module in cls.source_modules:
             spec = importlib.util.find_spec(module)
             if spec is None or not spec.origin:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
-import inspect
 import json
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
 
-from embedders.base import ConfigError
+from embedders.base import ConfigError, class_sources_digest
 from embedders.transcribe.midi import NOTE_DTYPE, notes_to_midi, tempo_bpm
 
 # name -> module defining it (imported on first use: listing names loads no model)
@@ -99,15 +98,7 @@ class Transcriber(ABC):
 
     @classmethod
     def source_hash(cls) -> str:
-        digest = hashlib.sha256()
-        for klass in cls.__mro__:
-            if klass in (object, ABC):
-                continue
-            try:
-                digest.update(inspect.getsource(inspect.getmodule(klass)).encode())
-            except (OSError, TypeError):
-                digest.update(klass.__qualname__.encode())
-        return digest.hexdigest()[:16]
+        return class_sources_digest(cls).hexdigest()[:16]
 
 
 def register(cls: type[Transcriber]) -> type[Transcriber]:
