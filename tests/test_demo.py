@@ -346,6 +346,9 @@ def test_results_of_another_dataset_are_moved_aside_and_embedding_steps_overwrit
     assert (results / "index.html").read_text() == "new"
     assert state.claim_results(results, {"dir": "/d", "info_csv_sha256": "B"}) is not None
     assert not state.step_current(step.key)
+    state.claim_results(results, {"dir": "/d", "info_csv_sha256": "A"})  # back to A before the step ran on B:
+    assert not state.step_current(step.key), "the store may hold B's rows now: the record of A must be gone"
+    state.claim_results(results, {"dir": "/d", "info_csv_sha256": "B"})
     demo.embed(fake, state, step, ["--x"], store)
     assert calls[-1] == ["--x", "--overwrite"], "rows made from another build must be recomputed"
     transcribed = demo.EMBED_STEPS[0]
