@@ -47,8 +47,9 @@ Resampling, chosen for cost at N = 50,000 (details in the modules named):
   Checked by simulation: bench/interval_coverage.py, figures in bench/results/interval_coverage.json.
 * nulls: pairing permuted; linear family one N x Dx x Dy product per draw (``PreparedPair``);
   RBF CKA and RSA on one random subsample of ``max_n_kernel`` rows (value, null and jackknife);
-  mutual kNN by permuting neighbour lists; retrieval on ``max_n_kernel`` queries
-  (``retrieval_null``), so its p-value refers to that query subsample.
+  mutual kNN by permuting neighbour lists (``similarity.OverlapCounter``); retrieval on
+  ``max_n_kernel`` queries, read from rank tables built once (``retrieval_null``), so its p-value
+  refers to that query subsample. Neighbour lists are exact (``analysis.topk``).
 * with ``strata`` (label or group per row; numeric labels binned by ``analysis.nulls.strata_codes``)
   every metric also gets the within-stratum null, from its own stream.
 Each component draws from its own random stream derived from ``seed`` and its name
