@@ -48,6 +48,7 @@ from analysis._threads import blas_threads  # noqa: E402
 from analysis.compare import compare_labels, compare_spaces  # noqa: E402
 from analysis.pooling import zscore_features  # noqa: E402
 from bench.common import finish, machine  # noqa: E402
+from ray_jobs.compare_embeddings.rows import grouped_half  # noqa: E402  (the job's own split)
 
 
 def synthetic(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -58,22 +59,6 @@ def synthetic(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.n
     y = np.argmax(Z[:, :10] + 0.5 * rng.standard_normal((n, 10)), axis=1)
     groups = rng.integers(0, max(10, n // 5), n)  # ~5 recordings per "piece"
     return X, Y, y, groups
-
-
-def grouped_half(groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test): whole groups in seeded order to the test side until it holds about half the rows
-    (what the job's ``--group_column`` split does without a ``split`` column)."""
-    names = np.unique(groups)
-    order = names[np.random.default_rng(np.random.SeedSequence([seed, 11])).permutation(names.size)]
-    sizes = dict(zip(*np.unique(groups, return_counts=True), strict=True))
-    test_groups, filled = [], 0
-    for g in order[:-1]:
-        if filled >= groups.size / 2:
-            break
-        test_groups.append(g)
-        filled += int(sizes[g])
-    test = np.isin(groups, test_groups)
-    return np.flatnonzero(~test), np.flatnonzero(test)
 
 
 def within_permutation(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:

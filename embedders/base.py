@@ -174,8 +174,7 @@ def _release_accelerator_memory() -> None:
 
 
 def class_sources_digest(cls: type) -> Any:
-    """A sha256 object fed with the source of the module of ``cls`` and of each of its bases (the
-    qualified name where the source cannot be read): code identity for config hashes."""
+    """sha256 of the source modules of ``cls`` and its bases (else their names): code identity for hashes."""
     digest = hashlib.sha256()
     for klass in cls.__mro__:
         if klass in (object, ABC):

@@ -178,15 +178,6 @@ def test_pretrained_midi_transformer_through_the_job(ray_session, toy, tmp_path_
     assert '"checkpoint_sha256"' in emb.attrs["group.description"]
 
 
-def test_a_torch_embedder_with_weights_from_its_package_needs_no_checkpoint_flag(ray_session, toy):
-    """musicnn takes its weights from the musicnn wheel (config checkpoint ""): no --audio_checkpoint, and no
-    checkpoint_source in the description (that names where a copied URI came from)."""
-    pytest.importorskip("musicnn")
-    assert run(toy, "--media", A, "--audio_embedder", "musicnn", "--executor", "local") == 0
-    emb = load(toy / "embeddings/toy/embeddings.h5", A, "musicnn", "average")
-    assert emb.embeddings.shape[1] == 200 and "checkpoint_source" not in emb.attrs["group.description"]
-
-
 def test_rows_without_one_medium_are_embedded_in_the_other(ray_session, tmp_path):
     """Groove-MIDI-shaped rows: an empty audio_filename (midi_filename) means no audio (MIDI)."""
     root = make_dataset(tmp_path / "raw" / "toy", n=4)

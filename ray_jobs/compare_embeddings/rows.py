@@ -50,7 +50,7 @@ def load_media_pair(h5_path, media: list[tuple[str, str | None]], embedding_type
                      embedders=tuple(e for _, e in media))
 
 
-def _grouped_half(groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def grouped_half(groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Whole groups, in seeded order, to the test side until it holds about half the rows."""
     names = np.array(sorted(set(groups.tolist())), dtype=object)
     if names.size < 2:
@@ -90,7 +90,7 @@ def retrieval_split(metadata: pd.DataFrame, seed: int, group_column: str | None 
         reason = "no 'split' column"
     if groups is None:
         return None, None, f"seeded random 50/50 (seed {seed}; {reason})"
-    train, test = _grouped_half(groups, seed)
+    train, test = grouped_half(groups, seed)
     return train, test, (f"seeded 50/50 of whole {group_column} groups (seed {seed}; {reason}): fit on {train.size} "
                          f"rows of {len(set(groups[train].tolist()))} groups, evaluate on {test.size} rows of "
                          f"{len(set(groups[test].tolist()))} groups")
