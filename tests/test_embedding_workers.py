@@ -264,3 +264,20 @@ def test_local_executor_helpers_store_what_one_process_stores(data, tmp_path, re
         for item_id, (seq, avg) in results[1][medium].items():
             np.testing.assert_array_equal(results[2][medium][item_id][0], seq)
             np.testing.assert_array_equal(results[2][medium][item_id][1], avg)
+
+
+@pytest.mark.parametrize("n_rows,rows_per_call,workers", [(1600, 200, 2), (100, 13, 2), (7, 1, 2), (5, 3, 1), (0, 4, 2)])
+def test_local_calls_shrink_toward_the_end_and_cover_every_row_once(n_rows, rows_per_call, workers):
+    """The local executor's call sizes: every row once and in order, none above ``rows_per_call``,
+    never growing, and the last calls small (an eighth of a full one) so no process is left with a
+    full call while the others wait."""
+    from ray_jobs.generate_embeddings.local import batches, call_sizes
+
+    sizes = call_sizes(n_rows, rows_per_call, workers)
+    assert sum(sizes) == n_rows and all(0 < s <= rows_per_call for s in sizes)
+    assert sizes == sorted(sizes, reverse=True)
+    if n_rows >= 8 * rows_per_call:
+        assert sizes[0] == rows_per_call and max(sizes[-2 * workers:]) <= max(1, rows_per_call // 8)
+    rows = [{"id": f"r{k}", "path_0": f"a{k}"} for k in range(n_rows)]
+    got = [i for b in batches(rows, 1, rows_per_call, workers) for i in b["id"]]
+    assert got == [r["id"] for r in rows]

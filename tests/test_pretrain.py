@@ -184,6 +184,9 @@ def test_two_worker_run_survives_a_failure_and_a_rerun_continues(ray_session, tm
     assert "test_perplexity" in client.get_run(summary["mlflow_run_id"]).data.metrics
     artifacts = [a.path for a in client.list_artifacts(summary["mlflow_run_id"], "viz")]
     assert "viz/embeddings_animation.html" in artifacts
+    # beside the sqlite store, not in ./mlruns of the folder the job was started from
+    artifact_uri = client.get_run(summary["mlflow_run_id"]).info.artifact_uri
+    assert artifact_uri.startswith(tmp_path.absolute().as_uri()), artifact_uri
 
     # same run name, more epochs: continues from the last checkpoint instead of starting over
     again = run(make_cfg(tmp_path, "train.epochs=3"))

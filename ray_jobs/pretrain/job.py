@@ -80,9 +80,12 @@ def mlflow_run(cfg: DictConfig, tracking_uri: str, params: dict[str, Any]) -> st
     """The MLflow run of this model name: the existing one (a rerun continues it) or a new one."""
     from mlflow.tracking import MlflowClient
 
+    from training.mlflow_store import artifact_location
+
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.mlflow.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+        cfg.mlflow.experiment, artifact_location=artifact_location(tracking_uri, cfg.mlflow.experiment))
     found = client.search_runs([experiment_id], filter_string=f"tags.`avs.model_name` = '{cfg.train.model_name}'",
                                order_by=["attributes.start_time DESC"], max_results=1)
     if found:

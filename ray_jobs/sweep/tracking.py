@@ -34,6 +34,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from ray_jobs.console import Progress
+from training.mlflow_store import artifact_location, sqlite_path
 
 ROLE = "avs.role"
 TASK = "avs.task"
@@ -50,22 +51,6 @@ def sweep_id(output_dir: Path) -> str:
 
 def default_tracking_uri(output_dir: Path) -> str:
     return f"sqlite:///{Path(output_dir).absolute() / 'mlflow.db'}"
-
-
-def sqlite_path(tracking_uri: str) -> Path | None:
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return Path(tracking_uri[len("sqlite:///"):])
-
-
-def artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
-    """Artifacts of a sqlite store live beside the database (not in ./mlruns of whatever folder
-    the job ran in); a tracking server chooses its own artifact root (None)."""
-    db = sqlite_path(tracking_uri)
-    if db is None:
-        return None
-    slug = hashlib.sha1(experiment_name.encode()).hexdigest()[:12]
-    return (db.absolute().parent / "mlartifacts" / slug).as_uri()
 
 
 def _params(values: dict[str, Any]) -> list[Param]:
