@@ -84,45 +84,21 @@ def ray_session(s3_server, tmp_path_factory):
     ray.shutdown()
 
 
-# With pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``) the tests on the shared in-process Ray
-# instance (and its S3 server) run one after the other in one worker, as do the end-to-end tests that
-# start jobs, servers and browsers in processes of their own; the other tests spread over all workers.
-SESSION_FIXTURES = frozenset({"ray_session", "s3", "s3_server"})
-
-
-def xdist_group(item) -> str | None:
-    """``in_process_ray`` (a test on the shared Ray session), ``own_processes`` (a ``slow`` or
-    ``browser`` test without it) or None (any worker)."""
-    if SESSION_FIXTURES & set(getattr(item, "fixturenames", ())):
-        return "in_process_ray"
-    if item.get_closest_marker("slow") or item.get_closest_marker("browser"):
-        return "own_processes"
-    return None
-
-
 def pytest_collection_modifyitems(config, items):
     """``bench`` tests (benchmark scripts end to end) run only when ``-m`` names the marker
-    (``pytest -m bench``, ``make bench``); every other run deselects them. Each test gets its
-    xdist group (``xdist_group``)."""
-    if "bench" not in (config.getoption("markexpr") or ""):
-        dropped = [item for item in items if item.get_closest_marker("bench")]
-        if dropped:
-            config.hook.pytest_deselected(items=dropped)
-            items[:] = [item for item in items if not item.get_closest_marker("bench")]
-    if not config.pluginmanager.hasplugin("xdist"):
+    (``pytest -m bench``, ``make bench``); every other run deselects them."""
+    if "bench" in (config.getoption("markexpr") or ""):
         return
-    for item in items:
-        group = xdist_group(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+    dropped = [item for item in items if item.get_closest_marker("bench")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not item.get_closest_marker("bench")]
 
 
 def pytest_sessionfinish(session, exitstatus):
     """Under CI=true a run in which no test passed (every one skipped, or none selected) fails with
     pytest's "no tests" status 5: a green CI must have run something."""
     if os.environ.get("CI") != "true" or exitstatus != pytest.ExitCode.OK:
-        return
-    if hasattr(session.config, "workerinput"):  # an xdist worker: the controller counts the passes
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None and not reporter.stats.get("passed"):
