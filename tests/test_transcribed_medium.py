@@ -146,6 +146,23 @@ def add_piano_rows(root: Path, bpms=(100, 120)) -> list[dict]:
     return rows
 
 
+def wait_until_no_actor_alive(class_part: str, timeout_s: float = 120.0) -> None:
+    """Block until no ALIVE actor of the shared Ray session has ``class_part`` in its class name."""
+    import ray
+    from ray.util.state import list_actors
+
+    address = ray.get_runtime_context().gcs_address  # this session's, not another instance on the machine
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = [a.class_name for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
+                 if class_part in a.class_name]
+        if not alive:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"actors still alive after {timeout_s} s: {alive}")
+        time.sleep(0.2)
+
+
 def run_job(data_root, *extra):
     return generate_embeddings.main(["--dataset", "toy", "--data_root", str(data_root), "--media", f"{S},{T}", *extra])
 
@@ -282,7 +299,7 @@ def test_consolidated_file_and_readers_expose_the_medium(gmd_and_piano, tmp_path
 
 
 @pytest.mark.slow
-def test_a_rerun_reuses_the_transcriptions_and_a_new_transcriber_config_is_refused(gmd_and_piano, capsys):
+def test_a_rerun_reuses_the_transcriptions_and_a_new_transcriber_config_is_refused(gmd_and_piano, capsys, monkeypatch):
     """Runs last in this module: it changes the store."""
     data, store = gmd_and_piano["data"], gmd_and_piano["store"]
     before = load(store, T, "pianoroll", "average")
@@ -293,7 +310,19 @@ def test_a_rerun_reuses_the_transcriptions_and_a_new_transcriber_config_is_refus
     info = pd.read_csv(gmd_and_piano["root"] / "info.csv")
     info.loc[info["id"] == "piano/p1", "bpm"] = 90  # a new tempo: this file is written again
     info.to_csv(gmd_and_piano["root"] / "info.csv", index=False)
+    import ray.data
+
+    asked, real_map_batches = [], ray.data.Dataset.map_batches
+
+    def spy(self, fn, **kwargs):
+        asked.append((getattr(fn, "__name__", str(fn)), kwargs.get("max_restarts")))
+        return real_map_batches(self, fn, **kwargs)
+
+    monkeypatch.setattr(ray.data.Dataset, "map_batches", spy)
     assert run_job(data) == 0
+    # pool actors that Ray may restart make its core worker print "constructor arguments in the object
+    # store and max_restarts > 0" on the user's console; a lost actor stops the stage instead
+    assert ("TranscribeActor", 0) in asked, asked
     summary = json.loads((store / "summary.json").read_text())["transcription"]
     assert (summary["transcribed"], summary["failed"]) == (1, 1)  # the corrupt file is retried and fails again
     assert summary["reused"] == int((gmd_and_piano["quality"]["status"] == "transcribed").sum()) - 1
@@ -333,6 +362,10 @@ def test_a_killed_stage_keeps_what_it_committed_and_the_rerun_does_the_rest(ray_
     with pytest.raises(KeyboardInterrupt):
         run_job(tmp_path, "--rows_per_part", "1")
     monkeypatch.setattr(transcription, "collect", real)
+    # A killed driver takes its actors with it; this "kill" leaves the process and the shared Ray
+    # session alive, so wait until the stopped pool's actors are dead, as after a real kill (an
+    # actor still finishing a call would otherwise commit an id the rerun is transcribing too)
+    wait_until_no_actor_alive("TranscribeActor")
     store = tmp_path / "embeddings" / "toy"
     committed = set(tx.read_index(store, "basic_pitch")["id"])
     assert 0 < len(committed) <= 4 and not part_files(store, T, "pianoroll")

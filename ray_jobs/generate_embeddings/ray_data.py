@@ -7,7 +7,7 @@ own constructor arguments are. Not restarting is also what this job wants: an ac
 stops the job, and the rerun resumes from the parts already committed (an actor restarted by Ray
 would redo its batch and could commit rows already committed before it died). Ray 2.60 takes
 ``max_restarts`` only among the ``**ray_remote_args`` of ``map_batches``, which it marks deprecated
-without a named replacement yet: ``_map_batches`` passes it with that one deprecation notice muted.
+without a named replacement yet: ``map_batches_no_restart`` passes it with that one deprecation notice muted.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ray_jobs.generate_embeddings.resources import Pool
 DECODE_MEMORY_BYTES = 512 * 1024**2
 
 
-def _map_batches(ds, fn, **kwargs):
+def map_batches_no_restart(ds, fn, **kwargs):
     """``ds.map_batches(fn, **kwargs, max_restarts=0)`` (see the module docstring)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
@@ -50,7 +50,7 @@ def build_media_dataset(rows: list[dict[str, str]], specs: list[MediumSpec], tar
 
     n_calls = max(1, -(-len(rows) // rows_per_call))
     ds = ray.data.from_items(rows, override_num_blocks=n_calls)  # one block per actor call
-    return _map_batches(
+    return map_batches_no_restart(
         ds, MediaActor, fn_constructor_kwargs={"specs": list(specs), "targets": list(targets), "root": root},
         batch_size=rows_per_call, batch_format="numpy",
         compute=ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
@@ -75,7 +75,7 @@ def build_dataset(rows: list[dict[str, str]], spec: MediumSpec, target: PartTarg
         prepare_batch, fn_kwargs={"spec": spec, "root": root}, batch_size=decode_batch_size,
         batch_format="numpy", num_cpus=1, memory=DECODE_MEMORY_BYTES,
     )
-    return _map_batches(
+    return map_batches_no_restart(
         ds, PartsActor, fn_constructor_kwargs={"spec": spec, "target": target, "max_batch_bytes": max_batch_bytes},
         batch_size=min(target.batch_size, target.rows_per_part), batch_format="numpy",
         compute=ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),

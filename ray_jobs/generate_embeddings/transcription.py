@@ -39,7 +39,7 @@ from embedders.store import transcriptions as tx
 from embedders.store.parts import StoreError
 from embedders.store.transcriptions import TRANSCRIBED
 from ray_jobs.generate_embeddings.pipeline import MediumSpec
-from ray_jobs.generate_embeddings.ray_data import DECODE_MEMORY_BYTES
+from ray_jobs.generate_embeddings.ray_data import DECODE_MEMORY_BYTES, map_batches_no_restart
 
 RESULT_COLUMNS = ("id", "status", "error_type", "error_message")
 SCORE_KEYS = ("precision", "recall", "f1", "n_reference", "n_estimate")
@@ -158,8 +158,11 @@ def transcribe_rows(rows: list[dict], target: TranscriptionTarget, *, max_actors
     if not rows:
         return failed
     n_calls = max(1, -(-len(rows) // rows_per_call))
-    ds = ray.data.from_items(rows, override_num_blocks=n_calls).map_batches(
-        TranscribeActor, fn_constructor_kwargs={"target": target}, batch_size=rows_per_call, batch_format="numpy",
+    # no restarts, as the embedding actors (ray_data.py): a lost actor stops the stage, the rerun reuses
+    # what was committed
+    ds = map_batches_no_restart(
+        ray.data.from_items(rows, override_num_blocks=n_calls), TranscribeActor,
+        fn_constructor_kwargs={"target": target}, batch_size=rows_per_call, batch_format="numpy",
         compute=ActorPoolStrategy(size=max(1, min(max_actors, n_calls))), num_cpus=1, memory=DECODE_MEMORY_BYTES)
     batches = ds.iter_batches(batch_size=None, batch_format="numpy")
     try:
