@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -66,6 +67,13 @@ def test_bad_values_are_listed(tmp_path):
     message = str(err.value)
     assert "train.embed_dim (30) must be a positive multiple of train.nhead (4)" in message
     assert "train.dropout" in message and "ray.num_workers" in message
+
+
+def fast_train_polls(monkeypatch) -> None:
+    """Ray Train's controller polls its workers every 2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, passed on to
+    the controller when a trainer starts): each start, failure and finish waits for the next poll. Tests
+    poll faster; the job keeps Ray's default, negligible beside real training."""
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 def failing_once(marker: Path):
@@ -149,16 +157,22 @@ def test_two_worker_run_survives_a_failure_and_a_rerun_continues(ray_session, tm
     from mlflow.tracking import MlflowClient
 
     from embedders.symbolic.midi_transformer.transformer import load_checkpoint
-    from ray_jobs.pretrain.job import run
+    from ray_jobs.pretrain import job
     from training import pretrain_worker
 
+    fast_train_polls(monkeypatch)
     tiny_dataset(tmp_path)
     run_dir = tmp_path / "results" / "tiny_model"
     monkeypatch.setattr(pretrain_worker, "train_loop_per_worker", failing_once(run_dir / ".injected_failure"))
-    summary = run(make_cfg(tmp_path))
+    # 4 files per task: the 10 files make 3 shards in Ray tasks (the driver alone would write 1)
+    monkeypatch.setattr(job, "build_token_cache", functools.partial(job.build_token_cache, files_per_task=4))
+    # viz_interval=2: pages at epoch 1 and at the last epoch, none at epoch 0 (and no t-SNE there)
+    summary = job.run(make_cfg(tmp_path, "mlflow.viz_interval=2"))
     assert (run_dir / ".injected_failure").exists(), "the failure was not injected"
     history = json.loads((run_dir / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1], "epoch 0 must not be redone after the restart"
+    (cache,) = (tmp_path / "data" / "token_cache" / "tiny").iterdir()
+    assert len({p.name.split(".")[0] for p in (cache / "shards").iterdir()}) == 3
     loaded = load_checkpoint(summary["model_path"])  # weights_only=True inside
     # perplexity > 1 holds for any cross-entropy; these can fail: each is exp of its reported loss, the unigram
     # baseline beats uniform guessing over the vocabulary, and a model trained this briefly (2 tiny epochs) is
@@ -175,6 +189,7 @@ def test_two_worker_run_survives_a_failure_and_a_rerun_continues(ray_session, tm
     assert pooled.shape == (1, 32)
     assert (run_dir / "viz" / "embeddings_animation.html").exists()
     assert (run_dir / "viz" / "embeddings_epoch001.html").exists()
+    assert not (run_dir / "viz" / "embeddings_epoch000.html").exists()
 
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
     metrics = client.get_metric_history(summary["mlflow_run_id"], "val_loss")
@@ -189,7 +204,8 @@ def test_two_worker_run_survives_a_failure_and_a_rerun_continues(ray_session, tm
     assert artifact_uri.startswith(tmp_path.absolute().as_uri()), artifact_uri
 
     # same run name, more epochs: continues from the last checkpoint instead of starting over
-    again = run(make_cfg(tmp_path, "train.epochs=3"))
+    again = job.run(make_cfg(tmp_path, "train.epochs=3", "mlflow.viz_interval=2"))
     history = json.loads((run_dir / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1, 2]
     assert again["mlflow_run_id"] == summary["mlflow_run_id"]
+    assert (run_dir / "viz" / "embeddings_epoch002.html").exists()  # the last epoch always has its page

@@ -334,8 +334,9 @@ def test_pretrain_reads_its_dataset_from_s3_and_writes_there(s3, tmp_path, monke
     """dataset.data_root and output_dir as S3 URIs: info.csv and the MIDI files (never the audio)
     are staged locally, the model and its metrics land on S3, and a rerun reuses the staged files."""
     from ray_jobs.pretrain.job import run
-    from tests.test_pretrain import make_cfg, tiny_dataset
+    from tests.test_pretrain import fast_train_polls, make_cfg, tiny_dataset
 
+    fast_train_polls(monkeypatch)
     monkeypatch.setenv("AVS_STAGE_DIR", str(tmp_path / "stage"))
     local = tiny_dataset(tmp_path / "src")
     (local / "audio").mkdir()
@@ -343,7 +344,7 @@ def test_pretrain_reads_its_dataset_from_s3_and_writes_there(s3, tmp_path, monke
     base = f"s3://{BUCKET}/{uuid.uuid4().hex}"
     upload_tree(local, f"{base}/data/raw/tiny")
     cfg = make_cfg(tmp_path, f"dataset.data_root={base}/data", f"output_dir={base}/results", "ray.num_workers=1",
-                   "train.epochs=1")
+                   "train.epochs=1", "mlflow.viz_interval=0")  # the pages are test_pretrain's
     summary = run(cfg)
     assert summary["model_path"] == f"{base}/results/tiny_model/model.pt"
     for name in ("model.pt", "test_metrics.json", "history.json"):

@@ -72,7 +72,7 @@ def _atomic_write(path: Path, write) -> None:
 
 def build_cache(tokenizer, files: Sequence[str | os.PathLike[str]], max_seq_len: int,
                 cache_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Tokenize ``files`` into one shard of the cache (callable per batch from a Ray Data task).
+    """Tokenize ``files`` into one shard of the cache (callable per batch from a Ray task).
 
     A file that fails (unreadable, no notes) is recorded with its error and yields no chunks.
     Returns a summary: shard key, files, chunks, errors.
@@ -166,7 +166,7 @@ class MIDIDatasetPresaved(Dataset):
     """Chunks read from the token cache under ``cache_dir``; files missing from it are tokenized once now.
 
     Files that cannot be tokenized are skipped (``self.errors``: path -> message) with one warning.
-    Build the cache once (one process, or a Ray Data job calling ``build_cache`` per batch) before
+    Build the cache once (one process, or Ray tasks calling ``build_cache`` per batch) before
     DDP workers construct this; concurrent builders only duplicate work, never corrupt the cache.
     """
 

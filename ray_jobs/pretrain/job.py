@@ -5,8 +5,8 @@
     python -m ray_jobs.pretrain --config-name=large_model
     python -m ray_jobs.pretrain ray.num_workers=4 ray.use_gpu=true     # DDP over 4 GPUs of this node
 
-Steps: tokenizer (loaded, or trained on the training split and saved) -> token cache built by a
-Ray Data job -> TorchTrainer (checkpoint every epoch, best kept by validation loss, restarts after
+Steps: tokenizer (loaded, or trained on the training split and saved) -> token cache built by
+parallel Ray tasks -> TorchTrainer (checkpoint every epoch, best kept by validation loss, restarts after
 worker failures, a rerun with the same train.model_name continues) -> the best checkpoint copied to
 ``<output_dir>/<model_name>/model.pt`` (the ``midi_transformer`` embedder's weights) -> test loss
 and perplexity beside a unigram baseline. Metrics and pages go to MLflow and the run folder.
@@ -18,7 +18,6 @@ cannot be met there (``ray.use_gpu=true`` without a GPU) fails at once with exit
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -49,10 +48,12 @@ def resolve_paths(cfg: DictConfig) -> dict[str, Path]:
 
 def build_token_cache(files: list[str], tokenizer_path: Path, max_seq_len: int, cache_dir: Path,
                       files_per_task: int = 32, task_options: dict[str, Any] | None = None) -> dict[str, str]:
-    """Tokenize the files missing from the cache in parallel Ray Data tasks; return {file: error}.
+    """Tokenize the files missing from the cache in parallel Ray tasks (one shard per task of
+    ``files_per_task`` files); return {file: error}.
 
     ``task_options`` (e.g. ``Placement.task_options()``) go to the tasks: the cache is a local path,
-    so they run where it is."""
+    so they run where it is. Plain tasks, not a Ray Data pipeline: nothing flows back but a count,
+    and Ray Data's start-up (seconds) would dominate a small dataset's cache build."""
     import ray
 
     from embedders.symbolic.midi_transformer import tokenizer as tk
@@ -60,18 +61,16 @@ def build_token_cache(files: list[str], tokenizer_path: Path, max_seq_len: int, 
 
     tokenizer = tk.load_tokenizer(tokenizer_path)
 
-    def tokenize_batch(batch: dict[str, Any]) -> dict[str, Any]:
-        summary = build_cache(tk.load_tokenizer(tokenizer_path), list(batch["path"]), max_seq_len, str(cache_dir))
-        return {"chunks": [summary["chunks"]], "errors": [json.dumps(summary["errors"])]}
+    def tokenize_files(paths: list[str]) -> int:
+        return build_cache(tk.load_tokenizer(tokenizer_path), paths, max_seq_len, str(cache_dir))["chunks"]
 
-    missing = stale_files(files, tokenizer, max_seq_len, cache_dir)
+    missing = [str(p) for p in stale_files(files, tokenizer, max_seq_len, cache_dir)]
     if missing:
-        print(f"tokenizing {len(missing)} MIDI files into {cache_dir} (Ray Data, {files_per_task} files per task)")
-        ds = ray.data.from_items([{"path": str(p)} for p in missing],
-                                 override_num_blocks=max(1, len(missing) // files_per_task))
-        for _ in ds.map_batches(tokenize_batch, batch_size=files_per_task, batch_format="numpy",
-                                **(task_options or {})).iter_rows():
-            pass
+        batches = [missing[i:i + files_per_task] for i in range(0, len(missing), files_per_task)]
+        print(f"tokenizing {len(missing)} MIDI files into {cache_dir} ({len(batches)} Ray task(s) of at most "
+              f"{files_per_task} files)")
+        task = ray.remote(tokenize_files).options(**(task_options or {}))
+        ray.get([task.remote(batch) for batch in batches])
     # one process merges the shards into the index, so the DDP workers only read it
     return MIDIDatasetPresaved(files, tokenizer, max_seq_len, str(cache_dir)).errors
 
