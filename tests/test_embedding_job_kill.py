@@ -9,7 +9,6 @@ part is written under a temporary name and not yet renamed into place when the k
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,37 +23,12 @@ import pytest
 from embedders.store.parts import HOLD_BEFORE_COMMIT, part_files
 from ray_jobs.generate_embeddings import job as generate_embeddings
 from tests.factory import make_dataset
+from tests.job_processes import RAY_INFO, kill_session
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 A, S = "audio_embeddings", "symbolic_embeddings"
 ARGS = ["--dataset", "toy", "--batch_size", "2", "--rows_per_part", "2", "--max_actors", "1"]
-
-
-def session_members(session: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            state, _, _, sid = stat.rsplit(")", 1)[1].split()[:4]  # fields after comm: state ppid pgrp session
-            if int(sid) == session and state != "Z":  # zombies are dead, waiting for their parent to reap them
-                members.append(int(entry))
-    return members
-
-
-def kill_session(session: int) -> None:
-    for pid in session_members(session):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 60
-    while session_members(session) and time.monotonic() < deadline:
-        time.sleep(0.2)  # waiting for the kernel to reap them, not timing anything
-    assert not session_members(session), "processes of the killed job are still running"
 
 
 def stored_ids(emb: Path, medium: str, name: str) -> list[str]:
@@ -70,17 +44,24 @@ def test_kill_between_write_and_commit_then_rerun(ray_session, tmp_path, capsys,
     marker = tmp_path / "held"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0",
            HOLD_BEFORE_COMMIT: f"2:{marker}"}  # the embedding process commits 2 parts, then holds its 3rd
-    job = subprocess.Popen([sys.executable, "-m", "ray_jobs.generate_embeddings", *ARGS, "--data_root", str(tmp_path),
-                            "--num_cpus", "2", "--executor", executor], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, start_new_session=True)
+    # --verbose on Ray: Ray's own log lines reach the console (test_console_is_quiet_unless_verbose checks
+    # that a run without it shows none). Output to a file: a pipe nobody reads could fill and block the job.
+    verbose = ["--verbose"] if executor == "ray" else []
+    with open(tmp_path / "job.log", "w") as log:
+        job = subprocess.Popen([sys.executable, "-m", "ray_jobs.generate_embeddings", *ARGS, "--data_root", str(tmp_path),
+                                "--num_cpus", "2", "--executor", executor, *verbose], cwd=REPO, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 420
         while not marker.exists() and job.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
+            time.sleep(0.1)
         assert marker.exists(), f"the job never reached the commit point: {job.poll()=}"
     finally:
         kill_session(job.pid)
         job.wait()
+    if verbose:
+        console = (tmp_path / "job.log").read_text()
+        assert any(RAY_INFO.search(line) for line in console.splitlines()), console[-3000:]
     emb = tmp_path / "embeddings" / "toy"
     # One actor, 2 rows per call, audio then symbolic per call: calls 1's two parts are committed,
     # call 2's audio part is written whole but sits under its temporary name.
