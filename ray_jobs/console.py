@@ -19,6 +19,9 @@ from typing import TextIO
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
 #: Ray loggers whose warnings only restate what quiet_ray did ("Progress bars disabled. To enable ...").
 RAY_NOTICE_LOGGERS = ("ray.data._internal.progress",)
+#: Other libraries' INFO lines on a job's console that are not the user's to act on (MLflow's
+#: "Creating initial MLflow database tables..." when a job makes its sqlite store).
+OTHER_INFO_LOGGERS = ("mlflow.store.db.utils",)
 
 
 def add_verbose_flag(parser) -> None:
@@ -35,6 +38,8 @@ def quiet_ray(verbose: bool = False) -> None:
     if verbose:
         return
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    for name in OTHER_INFO_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     for name in RAY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from ray_jobs.console import RAY_LOGGERS, RAY_NOTICE_LOGGERS, Progress, ProgressGroup, quiet_ray
+from ray_jobs.console import OTHER_INFO_LOGGERS, RAY_LOGGERS, RAY_NOTICE_LOGGERS, Progress, ProgressGroup, quiet_ray
 
 
 class Clock:
@@ -102,11 +102,12 @@ def test_nothing_for_an_empty_total():
 
 def test_quiet_ray_silences_ray_loggers_and_data_progress(monkeypatch):
     monkeypatch.delenv("RAY_DATA_DISABLE_PROGRESS_BARS", raising=False)
+    import mlflow  # noqa: F401  (sets its loggers to INFO on import, as in a job)
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     saved = (ctx.enable_progress_bars, ctx.print_on_execution_start,
-             {n: logging.getLogger(n).level for n in (*RAY_LOGGERS, *RAY_NOTICE_LOGGERS)})
+             {n: logging.getLogger(n).level for n in (*RAY_LOGGERS, *RAY_NOTICE_LOGGERS, *OTHER_INFO_LOGGERS)})
     try:
         quiet_ray(verbose=True)
         assert ctx.print_on_execution_start == saved[1]  # verbose changes nothing
@@ -114,6 +115,8 @@ def test_quiet_ray_silences_ray_loggers_and_data_progress(monkeypatch):
         assert not ctx.enable_progress_bars and not ctx.print_on_execution_start
         assert all(logging.getLogger(n).getEffectiveLevel() >= logging.WARNING for n in RAY_LOGGERS)
         assert all(logging.getLogger(n).getEffectiveLevel() >= logging.ERROR for n in RAY_NOTICE_LOGGERS)
+        assert "mlflow.store.db.utils" in OTHER_INFO_LOGGERS
+        assert not logging.getLogger("mlflow.store.db.utils").isEnabledFor(logging.INFO)
     finally:
         ctx.enable_progress_bars, ctx.print_on_execution_start = saved[0], saved[1]
         for name, level in saved[2].items():
