@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS ?= dev,openl3,clap,clamp,musicnn,basic-pitch,hear
-# --no-compile: no .pyc for the ~26,000 installed modules (about 35 s on 2 cores); Python compiles
+#: no .pyc for the ~26,000 installed modules (about 35 s on 2 cores); Python compiles
 # the few thousand a run imports on first use.
 # Installed --no-deps: their metadata pins old numpy or pulls TensorFlow; what their code really
 # imports is listed in the extra of the same name (pyproject.toml).
@@ -24,12 +24,12 @@ GPU_CHECK_ARGS ?=
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -c constraints.txt -e '.[$(EXTRAS)]'
-	case ",$(EXTRAS)," in *,clap,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-compile --no-deps $(LAION_CLAP);; esac
-	case ",$(EXTRAS)," in *,musicnn,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-compile --no-deps $(MUSICNN);; esac
-	case ",$(EXTRAS)," in *,basic-pitch,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-compile --no-deps $(BASIC_PITCH);; esac
-	case ",$(EXTRAS)," in *,hear,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-compile --no-deps $(HEAR_PKGS);; esac
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[$(EXTRAS)]'
+	case ",$(EXTRAS)," in *,clap,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(LAION_CLAP);; esac
+	case ",$(EXTRAS)," in *,musicnn,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(MUSICNN);; esac
+	case ",$(EXTRAS)," in *,basic-pitch,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(BASIC_PITCH);; esac
+	case ",$(EXTRAS)," in *,hear,*) $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(HEAR_PKGS);; esac
 	touch $(STAMP)
 
 install: $(STAMP)
