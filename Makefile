@@ -5,8 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS ?= dev,openl3,clap,clamp,musicnn,basic-pitch,hear
-#: no .pyc for the ~26,000 installed modules (about 35 s on 2 cores); Python compiles
-# the few thousand a run imports on first use.
+# pip byte-compiles what it installs (no --no-compile): where PYTHONDONTWRITEBYTECODE is set, as on the
+# build machine, every process would otherwise compile its imports again, Ray workers included.
 # Installed --no-deps: their metadata pins old numpy or pulls TensorFlow; what their code really
 # imports is listed in the extra of the same name (pyproject.toml).
 LAION_CLAP ?= laion-clap==1.1.7
@@ -37,8 +37,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m ray_jobs.demo $(DEMO_ARGS)
 
+# compileall: the project's own modules as .pyc once, read by every process of the run (Ray workers,
+# job subprocesses), which under PYTHONDONTWRITEBYTECODE would each compile them again
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m compileall -q analysis embedders training ray_jobs tests bench > /dev/null
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # benchmark scripts end to end (the tests behind the `bench` marker, deselected elsewhere)
