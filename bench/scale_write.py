@@ -86,12 +86,17 @@ def register_synthetic() -> None:
         def embed(self, items):
             raise TypeError("scale_synthetic embeds ids: call embed_items")
 
-        def embed_items(self, ids, items):
+        def embed_items(self, ids, items, *, prepared=False, with_average=False):
+            # the signature of Embedder.embed_items (the old path of the baseline calls it without keywords)
             out = []
             for item_id in ids:
                 seed = int.from_bytes(hashlib.sha1(str(item_id).encode()).digest()[:8], "little")
-                rng = np.random.default_rng(seed)
-                out.append(rng.random((self.config.frames, self.config.dim), dtype=np.float32))
+                seq = np.random.default_rng(seed).random((self.config.frames, self.config.dim), dtype=np.float32)
+                out.append(seq)
+            if with_average:  # only the new path asks; the baseline's tree has no Embedding
+                from embedders.base import Embedding
+
+                out = [Embedding(seq, seq.mean(axis=0)) for seq in out]
             return out
 
     register(SyntheticScale)
@@ -147,7 +152,10 @@ def child(args) -> None:
             "--audio_embedder", "scale_synthetic", "--audio_option", f"frames={args.frames}",
             "--audio_option", f"dim={args.dim}"]
     if args.path == "new":
-        argv += ["--h5", "none"]
+        # Ray Data at every size, as at the large ones: what is measured is the workers' write on Ray
+        # (below --local_max_rows the job would embed in spawned local processes, which never see
+        # the synthetic embedder registered here)
+        argv += ["--h5", "none", "--executor", "ray"]
     else:
         job.consolidate = lambda *a, **kw: {}  # the old path's write is the parts; its h5 step is left out
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
