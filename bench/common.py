@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing as mp
 import os
 import platform
 import resource
@@ -313,3 +314,46 @@ def midi_files(source: Path, n: int, seed: int, flag: str = "--source") -> list[
         raise SystemExit(f"{flag} {source}: no MIDI files found (run prepare_dataset, or name a folder of .mid files)")
     order = np.random.default_rng(seed).permutation(len(files))
     return [files[i] for i in order[:n]]
+
+
+# what two processes can get from this machine right now (a shared machine gives less than its cores)
+def _burn(seconds: float) -> int:
+    """Pure-Python busy work for ``seconds`` of this process's CPU time; the loop count it reached."""
+    count, end = 0, time.process_time() + seconds
+    while time.process_time() < end:
+        count += 1
+    return count
+
+
+def capacity_probe(seconds: float = 1.0) -> float:
+    """Cores this run can get right now: busy-loop throughput of two processes at once over one
+    alone (2.0 on two idle cores). Other users' load on a shared machine lowers it; no design with
+    two processes beats the sequential loop by more than this."""
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ctx.Pool(2) as pool:
+        pool.map(_burn, [0.05, 0.05])  # both workers started
+        t0 = time.perf_counter()
+        pool.apply(_burn, (seconds,))
+        one = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pool.map(_burn, [seconds, seconds], chunksize=1)
+        two = time.perf_counter() - t0
+    return round(2 * one / two, 2)
+
+
+def blas_probe(size: int = 1024, reps: int = 8) -> dict[str, float]:
+    """GFLOP/s of a float32 size x size matmul (numpy's BLAS) on 1 and on 2 threads."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    out = {}
+    for threads in (1, 2):
+        with threadpool_limits(threads):
+            a @ a
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                a @ a
+            seconds = time.perf_counter() - t0
+            out[f"gflops_{threads}_thread{'s' if threads > 1 else ''}"] = round(2 * size**3 * reps / seconds / 1e9, 1)
+    return out

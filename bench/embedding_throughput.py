@@ -54,7 +54,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, CpuMeter, Stopwatch, TreeMemorySampler, finish, load_avg, machine  # noqa: E402
+from bench.common import (  # noqa: E402
+    REPO,
+    CpuMeter,
+    Stopwatch,
+    TreeMemorySampler,
+    blas_probe,
+    capacity_probe,
+    finish,
+    load_avg,
+    machine,
+)
 from bench.paired_data import sized_dataset, warm_page_cache  # noqa: E402
 
 STAGES = ("decode_audio", "embed_audio", "decode_midi", "embed_midi")
@@ -149,47 +159,6 @@ def _probe_worker(args: tuple[str, list[int], str, str]) -> dict[str, float]:
         for row in info.itertuples(index=False):
             _embed_row(row, Path(root), audio, symbolic, sw)
     return {**sw.seconds, "total": time.perf_counter() - t0}
-
-
-def _burn(seconds: float) -> int:
-    """Pure-Python busy work for ``seconds`` of this process's CPU time; the loop count it reached."""
-    count, end = 0, time.process_time() + seconds
-    while time.process_time() < end:
-        count += 1
-    return count
-
-
-def capacity_probe(seconds: float = 1.0) -> float:
-    """Cores this run can get right now: busy-loop throughput of two processes at once over one
-    alone (2.0 on two idle cores). Other users' load on a shared machine lowers it; no design with
-    two processes beats the sequential loop by more than this."""
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ctx.Pool(2) as pool:
-        pool.map(_burn, [0.05, 0.05])  # both workers started
-        t0 = time.perf_counter()
-        pool.apply(_burn, (seconds,))
-        one = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        pool.map(_burn, [seconds, seconds], chunksize=1)
-        two = time.perf_counter() - t0
-    return round(2 * one / two, 2)
-
-
-def blas_probe(size: int = 1024, reps: int = 8) -> dict[str, float]:
-    """GFLOP/s of a float32 size x size matmul (numpy's BLAS) on 1 and on 2 threads."""
-    from threadpoolctl import threadpool_limits
-
-    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
-    out = {}
-    for threads in (1, 2):
-        with threadpool_limits(threads):
-            a @ a
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                a @ a
-            seconds = time.perf_counter() - t0
-            out[f"gflops_{threads}_thread{'s' if threads > 1 else ''}"] = round(2 * size**3 * reps / seconds / 1e9, 1)
-    return out
 
 
 def scaling_probe(root: Path, n_rows: int, audio_name: str, symbolic_name: str) -> dict[str, Any]:

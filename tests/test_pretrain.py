@@ -69,13 +69,6 @@ def test_bad_values_are_listed(tmp_path):
     assert "train.dropout" in message and "ray.num_workers" in message
 
 
-def fast_train_polls(monkeypatch) -> None:
-    """Ray Train's controller polls its workers every 2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, passed on to
-    the controller when a trainer starts): each start, failure and finish waits for the next poll. Tests
-    poll faster; the job keeps Ray's default, negligible beside real training."""
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-
-
 def failing_once(marker: Path):
     """The worker loop, dying once right after rank 0 reported epoch 0 (so its checkpoint exists);
     ``marker`` records the failure, and the restarted workers, seeing it, go on."""
@@ -160,7 +153,6 @@ def test_two_worker_run_survives_a_failure_and_a_rerun_continues(ray_session, tm
     from ray_jobs.pretrain import job
     from training import pretrain_worker
 
-    fast_train_polls(monkeypatch)
     tiny_dataset(tmp_path)
     run_dir = tmp_path / "results" / "tiny_model"
     monkeypatch.setattr(pretrain_worker, "train_loop_per_worker", failing_once(run_dir / ".injected_failure"))

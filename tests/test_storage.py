@@ -334,9 +334,8 @@ def test_pretrain_reads_its_dataset_from_s3_and_writes_there(s3, tmp_path, monke
     """dataset.data_root and output_dir as S3 URIs: info.csv and the MIDI files (never the audio)
     are staged locally, the model and its metrics land on S3, and a rerun reuses the staged files."""
     from ray_jobs.pretrain.job import run
-    from tests.test_pretrain import fast_train_polls, make_cfg, tiny_dataset
+    from tests.test_pretrain import make_cfg, tiny_dataset
 
-    fast_train_polls(monkeypatch)
     monkeypatch.setenv("AVS_STAGE_DIR", str(tmp_path / "stage"))
     local = tiny_dataset(tmp_path / "src")
     (local / "audio").mkdir()

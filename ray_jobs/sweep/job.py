@@ -188,7 +188,8 @@ def _run(args, h5_source: str | None, output_name: str) -> int:
 
     from ray_jobs.ray_session import ensure_ray
     from ray_jobs.sweep.runner import run_sweep
-    from ray_jobs.sweep.tracking import SweepTracking, sqlite_path, sweep_id
+    from ray_jobs.sweep.tracking import SweepTracking, sweep_id
+    from training.mlflow_store import sqlite_path
 
     # with num_to_keep=1 Tune snapshots its (local, ~0.05 s) state after every checkpoint; its warning
     # about that is noise here
